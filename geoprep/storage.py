@@ -1,0 +1,51 @@
+"""Paths and URLs (local or fsspec) and writes that never leave a half-written file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    return Path(url.removeprefix("file://"))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_local(base):
+        return str(local_path(base).joinpath(*parts))
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def makedirs(url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write a whole file: locally through a temporary sibling and a rename, remotely in one put."""
+    if is_local(url):
+        path = local_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.pipe_file(path, data)  # object stores publish a put whole or not at all
+
+
+def read_bytes(url: str) -> bytes:
+    with fsspec.open(url, "rb") as handle:
+        return handle.read()

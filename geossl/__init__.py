@@ -1,0 +1,1 @@
+"""geossl: self-supervised pretraining (CSF, GASSL, CACo, SoundingEarth) from geoprep shards."""

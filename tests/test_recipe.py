@@ -1,0 +1,129 @@
+"""Recipe validation, overrides and the one-line errors users see."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geoprep.errors import UserError
+from geoprep.recipe import apply_override, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+name: t
+seed: 3
+sampler: {kind: urban, n: 10, sigma_km: 5}
+"""
+
+
+@pytest.mark.parametrize("path", REAL_RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name
+    assert recipe.sampler.kind in {"urban", "osm", "aporee", "fmow", "points"}
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, GOOD), ["sampler.n=500", "clusters.k=7"])
+    assert recipe.sampler.n == 500
+    assert recipe.sampler.min_distance_m == 1980.0
+    assert recipe.clusters.k == 7
+    assert recipe.splits.train == pytest.approx(0.8)
+
+
+def test_digest_tracks_content(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    assert load_recipe(path).digest() == load_recipe(path).digest()
+    assert load_recipe(path).digest() != load_recipe(path, ["seed=4"]).digest()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["sampler.sigma_km=-1"], "sampler.sigma_km: got -1; expected greater than 0"),
+        (["sampler.n=many"], "sampler.n: got 'many'; expected a valid integer"),
+        (["sampler.sigmakm=3"], "sampler.sigmakm: unknown key; expected one of: kind, n,"),
+        (["sampler.kind=nope"], "sampler.kind: got 'nope'; expected one of: urban"),
+        (["splits.train=0.5"], "splits: got"),
+        (["bogus=1"], "bogus: unknown key; expected one of: name, description, seed"),
+        (["seed=-1"], "seed: got -1; expected greater than or equal to 0"),
+        (["name=has space"], "name: got 'has space'"),
+    ],
+)
+def test_bad_values_name_file_key_value(tmp_path: Path, overrides, expected) -> None:
+    path = write(tmp_path, GOOD)
+    with pytest.raises(UserError) as info:
+        load_recipe(path, overrides)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: [unclosed", "not valid YAML at line 1"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("name: t\n", "sampler: required key is missing"),
+    ],
+)
+def test_unreadable_recipes(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(UserError, match=expected):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("item", ["noequals", "=3", "sampler.n.deeper=3"])
+def test_malformed_set(item: str) -> None:
+    data = {"sampler": {"n": 3}}
+    with pytest.raises(UserError, match="--set"):
+        apply_override(data, item)
+
+
+def test_set_creates_sections_and_parses_yaml() -> None:
+    data: dict = {}
+    apply_override(data, "a.b=[1, 2]")
+    apply_override(data, "a.c=true")
+    apply_override(data, "d=text")
+    assert data == {"a": {"b": [1, 2], "c": True}, "d": "text"}
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoprep.cli",
+            "plan",
+            str(path),
+            "-o",
+            str(tmp_path / "o"),
+            "--set",
+            "sampler.sigma_km=0",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "sampler.sigma_km: got 0" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
