@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import Union
 
-from geoprep.samplers.base import SamplerConfig, SampleResult
+from geoprep.samplers.aporee import AporeeSampler
+from geoprep.samplers.base import SampleResult, SamplerConfig
+from geoprep.samplers.fmow import FmowSampler
+from geoprep.samplers.osm import OsmSamplerConfig
 from geoprep.samplers.points import PointsSampler
 from geoprep.samplers.urban import UrbanSampler
 
 #: kind → config model; the recipe's `sampler.kind` picks one.
 SAMPLERS: dict[str, type[SamplerConfig]] = {
     "urban": UrbanSampler,
+    "osm": OsmSamplerConfig,
+    "aporee": AporeeSampler,
+    "fmow": FmowSampler,
     "points": PointsSampler,
 }
 
-AnySampler = Union[UrbanSampler, PointsSampler]  # noqa: UP007 (a discriminated union needs Union)
+# A discriminated union needs typing.Union, not the | operator, on pydantic models.
+AnySampler = Union[UrbanSampler, OsmSamplerConfig, AporeeSampler, FmowSampler, PointsSampler]  # noqa: UP007
 
 __all__ = ["SAMPLERS", "AnySampler", "SampleResult", "SamplerConfig"]

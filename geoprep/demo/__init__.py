@@ -1,0 +1,1 @@
+"""The demo world: an offline stand-in for every real source."""
