@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Union
 
 from geoprep.samplers.aporee import AporeeSampler
-from geoprep.samplers.base import SampleResult, SamplerConfig
+from geoprep.samplers.base import SamplerConfig, SampleResult
 from geoprep.samplers.fmow import FmowSampler
 from geoprep.samplers.osm import OsmSamplerConfig
 from geoprep.samplers.points import PointsSampler
