@@ -60,6 +60,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", metavar="RECIPE")
     _add_set(p)
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser(
+        "demo-world",
+        parents=[common],
+        help="generate (OUT) or serve (serve OUT) the offline demo world",
+        usage="geoprep demo-world [-h] [-v] [--seed S] [--scale {tiny,small,full}] [--force] OUT\n"
+        "       geoprep demo-world serve OUT",
+        description="'geoprep demo-world OUT' writes a small, deterministic world that stands in "
+        "for every real source: ground truth, Sentinel-2/NAIP/Landsat/Sentinel-1-like COGs with "
+        "Planetary-Computer-shaped STAC items (static catalogs and stac-geoparquet), an "
+        "OpenStreetMap extract, Radio Aporee recordings in archive.org's shape and an fMoW tree. "
+        "'geoprep demo-world serve OUT' serves it on loopback (STAC API, blob store with SAS "
+        "tokens, Overpass and archive.org stand-ins), prints the URLs and runs until Ctrl-C.",
+    )
+    p.add_argument("words", nargs="+", metavar="OUT", help="world directory (or: serve OUT)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument(
+        "--scale",
+        choices=("tiny", "small", "full"),
+        default="small",
+        help="world size (default small: about 6 km AOIs, under 3 minutes)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if OUT holds a world")
+    p.set_defaults(func=_cmd_demo_world)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the main job on the demo world (what 'make demo' does)",
+        description="Build the demo world under OUT/world if it is missing, serve it on "
+        "loopback, and run every stage on the demo recipes (recipes/demo/), ending with a "
+        "summary of what was built and where.",
+    )
+    p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="default demo-out")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--scale", choices=("tiny", "small", "full"), default="small")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -110,6 +147,41 @@ def _cmd_check(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
     console.print(f"{args.recipe}: valid (digest {recipe.digest()})")
+    return 0
+
+
+def _cmd_demo_world(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    words = args.words
+    if words[0] == "serve":
+        if len(words) != 2:
+            raise UserError("usage: geoprep demo-world serve OUT")
+        from geoprep.demo.servers import serve_forever
+
+        serve_forever(Path(words[1]))
+        return 0
+    if len(words) != 1:
+        raise UserError(f"expected one world directory, got {words}")
+    from geoprep.demo.world import build_world
+
+    out = Path(words[0])
+    if (out / "world.json").exists() and not args.force:
+        console.print(f"{out} already holds a demo world (use --force to rebuild)")
+        return 0
+    started = time.perf_counter()
+    with progress_bar("demo world") as bar:
+        build_world(out, seed=args.seed, scale=args.scale, progress=bar)
+    console.print(f"demo world written to {out} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from geoprep.demo.run import run_demo
+
+    run_demo(Path(args.out), seed=args.seed, scale=args.scale)
     return 0
 
 

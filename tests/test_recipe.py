@@ -12,7 +12,7 @@ from geoprep.errors import UserError
 from geoprep.recipe import apply_override, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+REAL_RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -28,7 +28,7 @@ sampler: {kind: urban, n: 10, sigma_km: 5}
 """
 
 
-@pytest.mark.parametrize("path", REAL_RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", REAL_RECIPES, ids=lambda p: str(p.relative_to(REPO)))
 def test_shipped_recipes_validate(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.name

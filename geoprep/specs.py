@@ -1,0 +1,159 @@
+"""Recipe sections for imagery (catalogs, sensors, time, grid) and for the shard output."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Resampling = Literal["nearest", "bilinear", "cubic", "average", "lanczos", "mode"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CatalogSpec(_Spec):
+    """Where items come from: a STAC API, stac-geoparquet files, or a static catalog."""
+
+    kind: Literal["stac-api", "geoparquet", "static"] = "stac-api"
+    url: str = Field(
+        description="STAC API root; geoparquet: file/URL, '{collection}' is replaced by the "
+        "collection id; static: path or URL of catalog.json"
+    )
+    provider: Literal["planetary-computer", "none"] = Field(
+        "none", description="'planetary-computer' signs asset hrefs with SAS tokens"
+    )
+    page_size: int = Field(100, gt=0, le=1000, description="items per STAC API page")
+
+
+class SensorSpec(_Spec):
+    """One sensor of a sample: a collection, the assets to read, and what makes a scene usable."""
+
+    catalog: str = Field(description="name of an entry under imagery.catalogs")
+    collection: str = Field(description="STAC collection id, e.g. sentinel-2-l2a")
+    assets: list[str] = Field(min_length=1, description="asset keys to read, in band order")
+    mask_asset: str | None = Field(
+        None, description="asset with cloud classes/bits (SCL, qa_pixel); default per collection"
+    )
+    categorical: list[str] = Field(
+        default_factory=list, description="assets resampled with nearest (class codes, bit masks)"
+    )
+    resampling: Resampling = Field("bilinear", description="resampling of the other assets")
+    max_cloud_cover: float = Field(
+        100.0, ge=0, le=100, description="scene filter on eo:cloud_cover (ignored where absent)"
+    )
+    max_patch_cloud: float = Field(
+        0.1, ge=0, le=1, description="reject a scene whose patch has a larger cloud fraction"
+    )
+    max_patch_nodata: float = Field(
+        0.05, ge=0, le=1, description="reject a scene whose patch has a larger nodata fraction"
+    )
+    max_candidates: int = Field(6, gt=0, description="scenes tried per time slot before failing")
+    harmonize: bool = Field(
+        True, description="Sentinel-2: subtract the +1000 DN offset of baseline >= 04.00"
+    )
+    apply_scale: bool = Field(
+        False, description="apply raster:bands scale/offset (float32) instead of recording them"
+    )
+    filter: dict | None = Field(None, description="extra CQL2-JSON filter for the search")
+
+
+class SingleTime(_Spec):
+    """CSF: one scene per sensor, all sensors within `window_days` of each other."""
+
+    mode: Literal["single"]
+    start: dt.date
+    end: dt.date
+    window_days: int = Field(60, gt=0, description="max spread between the sensors' dates")
+
+
+class SeasonalTime(_Spec):
+    """SeCo/SSL4EO: `n_dates` dates `spacing_days` apart, all shifted by one random offset."""
+
+    mode: Literal["seasonal"]
+    reference: dt.date = Field(description="latest reference date before the random shift")
+    n_dates: int = Field(4, gt=0)
+    spacing_days: int = Field(91, gt=0)
+    window_days: int = Field(15, ge=0, description="half-width of each date's window")
+    max_shift_days: int = Field(364, ge=0, description="the random shift is drawn in [0, this]")
+
+
+class MultiYearTime(_Spec):
+    """CACo: two year groups at least `min_gap_years` apart, each with `dates_per_group` dates."""
+
+    mode: Literal["multi-year"]
+    first_year: int
+    last_year: int
+    min_gap_years: int = Field(2, ge=1)
+    dates_per_group: int = Field(4, gt=0)
+    spacing_days: int = Field(91, gt=0)
+    window_days: int = Field(15, ge=0)
+
+    @model_validator(mode="after")
+    def _years_fit(self) -> MultiYearTime:
+        if self.last_year - self.first_year < self.min_gap_years:
+            raise ValueError(
+                f"last_year - first_year must be at least min_gap_years ({self.min_gap_years})"
+            )
+        return self
+
+
+class TimestampsTime(_Spec):
+    """fMoW-Sentinel: scenes near given dates (a list, or a location column of timestamps)."""
+
+    mode: Literal["timestamps"]
+    dates: list[dt.date] = Field(default_factory=list)
+    column: str | None = Field(None, description="location column holding a JSON list of dates")
+    window_days: int = Field(30, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TimestampsTime:
+        if bool(self.dates) == bool(self.column):
+            raise ValueError("give exactly one of dates or column")
+        return self
+
+
+TimeSpec = Annotated[
+    Union[SingleTime, SeasonalTime, MultiYearTime, TimestampsTime],  # noqa: UP007
+    Field(discriminator="mode"),
+]
+
+
+class GridSpec(_Spec):
+    """The patch: local UTM zone, centred on the location.
+
+    `common` puts every asset of every sensor on one grid of `size` px at `gsd` metres (CSF);
+    `native` gives each resolution group of a sensor its own grid over the same extent
+    (`size` × `gsd` metres; SeCo's 10/20/60 m layout).
+    """
+
+    layout: Literal["common", "native"] = "common"
+    gsd: float = Field(10.0, gt=0, description="metres per pixel of the common / finest grid")
+    size: int = Field(128, gt=0, le=8192, description="pixels per side at gsd")
+
+
+class ImagerySpec(_Spec):
+    catalogs: dict[str, CatalogSpec] = Field(min_length=1)
+    sensors: dict[str, SensorSpec] = Field(min_length=1)
+    time: TimeSpec
+    grid: GridSpec = GridSpec()
+
+    @model_validator(mode="after")
+    def _catalogs_exist(self) -> ImagerySpec:
+        for name, sensor in self.sensors.items():
+            if sensor.catalog not in self.catalogs:
+                raise ValueError(
+                    f"sensors.{name}.catalog is {sensor.catalog!r}; expected one of "
+                    f"{sorted(self.catalogs)}"
+                )
+            if "." in name:
+                raise ValueError(f"sensor name {name!r} must not contain dots")
+        return self
+
+
+class OutputSpec(_Spec):
+    format: Literal["tif", "npy"] = Field("tif", description="image members: GeoTIFF or .npy")
+    samples_per_shard: int = Field(256, gt=0)
+    max_shard_mb: float = Field(1024, gt=0, description="start a new shard past this size")
