@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geoprep.clusters import ClusterConfig, SplitConfig
 from geoprep.errors import UserError
-from geoprep.samplers import SAMPLERS, AnySampler
+from geoprep.samplers import AnySampler
+from geoprep.specs import ImagerySpec, OutputSpec
+
+#: The sections that decide the plan; a build reuses a plan whose digest of these matches.
+PLAN_SECTIONS = ("seed", "sampler", "clusters", "splits")
 
 
 class Recipe(BaseModel):
@@ -26,11 +30,21 @@ class Recipe(BaseModel):
     sampler: Annotated[AnySampler, Field(discriminator="kind")]
     clusters: ClusterConfig = ClusterConfig()
     splits: SplitConfig = SplitConfig()
+    imagery: ImagerySpec | None = None
+    output: OutputSpec = OutputSpec()
 
     def digest(self) -> str:
         """A short hash of the validated recipe: two recipes with equal digests build equal data."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _digest(self.model_dump(mode="json"))
+
+    def plan_digest(self) -> str:
+        """A short hash of the sections that decide the planned locations."""
+        return _digest(self.model_dump(mode="json", include=set(PLAN_SECTIONS)))
+
+
+def _digest(data: dict) -> str:
+    canonical = json.dumps(data, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -88,42 +102,75 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
     """One line: the key path, the offending value and what was expected."""
-    loc = list(err["loc"])
-    # Discriminated unions put the tag in the location: ('sampler', 'urban', 'n') → sampler.n
-    if len(loc) > 1 and loc[0] == "sampler" and loc[1] in SAMPLERS:
-        del loc[1]
+    loc, _ = _walk(list(err["loc"]))
     path = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc[:-1], data))
+        model = _model_in(_walk(list(err["loc"])[:-1])[1])
+        allowed = ", ".join(model.model_fields) if model is not None else "(none)"
         return f"{path}: unknown key; expected one of: {allowed}"
     if kind == "missing":
         return f"{path}: required key is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        got = _lookup(data, loc + ["kind"]) if kind == "union_tag_invalid" else None
-        return f"{path}.kind: got {got!r}; expected one of: {', '.join(SAMPLERS)}"
+        ctx = err.get("ctx", {})
+        tag = ctx.get("discriminator", "'kind'").strip("'")
+        got = _lookup(data, loc + [tag])
+        expected = ctx.get("expected_tags", "").replace("'", "")
+        return f"{path}.{tag}: got {got!r}; expected one of: {expected}"
     message = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
     return f"{path}: got {err.get('input')!r}; {message}"
 
 
-def _allowed_keys(loc: list[Any], data: dict[str, Any]) -> list[str]:
-    model: type[BaseModel] | None = Recipe
-    for part in loc:
-        if model is None:
-            return []
-        if part == "sampler" and model is Recipe:
-            kind = _lookup(data, ["sampler", "kind"])
-            model = SAMPLERS.get(kind)
+def _walk(loc: list[Any]) -> tuple[list[Any], Any]:
+    """Follow an error location through the models: drop union tags, return the final node.
+
+    Discriminated unions put the chosen tag into the location (('sampler', 'urban', 'n')); users
+    never write it, so it is removed from what they see.
+    """
+    node: Any = Recipe
+    clean: list[Any] = []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        members = _tagged_members(node)
+        if members and str(part) in members:
+            node = members[str(part)]
             continue
-        annotation = (
-            model.model_fields[str(part)].annotation if part in model.model_fields else None
-        )
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-    return list(model.model_fields) if model is not None else []
+        clean.append(part)
+        if get_origin(node) is dict:
+            node = get_args(node)[1]  # a mapping key: step into the value type
+            continue
+        model = _model_in(node)
+        field = model.model_fields.get(str(part)) if model is not None else None
+        node = field.annotation if field is not None else None
+    return clean, node
+
+
+def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """Tag → model for a union of models told apart by a Literal field (kind, mode)."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _tagged_members(args[0])
+    members: dict[str, type[BaseModel]] = {}
+    for arg in args:
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            for name in ("kind", "mode"):
+                field = arg.model_fields.get(name)
+                if field is not None and get_origin(field.annotation) is Literal:
+                    members.update(dict.fromkeys(get_args(field.annotation), arg))
+    return members if len(members) > 1 else {}
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model in an annotation such as `Spec`, `Spec | None` or `Annotated[Spec, ...]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is dict:
+        return None
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
 
 
 def _lookup(data: Any, path: list[Any]) -> Any:

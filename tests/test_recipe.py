@@ -85,6 +85,45 @@ def test_unreadable_recipes(tmp_path: Path, text: str, expected: str) -> None:
         load_recipe(write(tmp_path, text))
 
 
+IMAGERY = """
+name: t
+sampler: {kind: urban, n: 10}
+imagery:
+  catalogs: {pc: {url: "http://127.0.0.1:1/api/stac/v1", provider: planetary-computer}}
+  sensors: {s2: {catalog: pc, collection: sentinel-2-l2a, assets: [B02, B03]}}
+  time: {mode: seasonal, reference: 2021-09-22}
+"""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["imagery.sensors.s2.bandz=1"],
+            "imagery.sensors.s2.bandz: unknown key; expected one of: catalog, collection, assets",
+        ),
+        (["imagery.time.mode=weekly"], "imagery.time.mode: got 'weekly'; expected one of: single"),
+        (["imagery.time.n_datez=3"], "imagery.time.n_datez: unknown key; expected one of: mode,"),
+        (["imagery.sensors.s2.catalog=nope"], "sensors.s2.catalog is 'nope'; expected one of"),
+        (["imagery.grid.size=0"], "imagery.grid.size: got 0; expected greater than 0"),
+        (["imagery.sensors.s2.assets=[]"], "imagery.sensors.s2.assets: got []"),
+    ],
+)
+def test_nested_sections_report_clean_paths(tmp_path: Path, overrides, expected) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe(write(tmp_path, IMAGERY), overrides)
+    assert expected in str(info.value)
+
+
+def test_imagery_section_validates(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, IMAGERY))
+    assert recipe.imagery.time.mode == "seasonal" and recipe.imagery.grid.size == 128
+    assert (
+        recipe.plan_digest()
+        == load_recipe(write(tmp_path, IMAGERY), ["imagery.grid.size=64"]).plan_digest()
+    )
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="recipe file not found"):
         load_recipe(tmp_path / "none.yaml")
