@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -148,12 +149,17 @@ class ImagerySpec(_Spec):
                     f"sensors.{name}.catalog is {sensor.catalog!r}; expected one of "
                     f"{sorted(self.catalogs)}"
                 )
-            if "." in name:
-                raise ValueError(f"sensor name {name!r} must not contain dots")
+            # names become member suffixes: WebDataset splits keys at dots and lower-cases suffixes
+            if not re.fullmatch(r"[a-z0-9_-]+", name):
+                raise ValueError(
+                    f"sensor name {name!r}: use lower-case letters, digits, '_' or '-' only"
+                )
         return self
 
 
 class OutputSpec(_Spec):
     format: Literal["tif", "npy"] = Field("tif", description="image members: GeoTIFF or .npy")
     samples_per_shard: int = Field(256, gt=0)
-    max_shard_mb: float = Field(1024, gt=0, description="start a new shard past this size")
+    max_shard_mb: float = Field(
+        1024, gt=0, description="split a shard into parts (NNNNN-0.tar, -1 …) past this size"
+    )

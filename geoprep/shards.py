@@ -1,0 +1,605 @@
+"""Encoding samples and writing reproducible WebDataset shards, their stats and the manifest.
+
+Layout under the output URL `OUT`:
+
+- `shards/{index:05d}.tar` — the samples of plan slice `index`, in plan order; a shard that would
+  pass `max_bytes` is split, in order and by cumulative size, into `{index:05d}-0.tar`,
+  `{index:05d}-1.tar`, … (all parts are renamed so a brace pattern over the plain names fails
+  loudly instead of silently missing data; `manifest.json` / `index.json` list every part).
+- `shards/{index:05d}_stats.json` — written LAST, after every part is in place: the commit marker.
+  A shard without it is not done, whatever tars exist; the next run rewrites it.
+- `manifest.json` and `index.json` (a wids shard index) once the build is over.
+
+Tars are byte-for-byte reproducible: fixed mtime/uid/gid/owner names/mode, members of a sample
+contiguous and sorted, deterministic GeoTIFF bytes. Local tars are written to a hidden temporary
+sibling (`.NNNNN-*.tar.tmp`) and `os.replace`d; for remote (fsspec) outputs a tar is spooled to a
+local temporary file and uploaded with one put, which object stores publish whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import rasterio
+from rasterio.io import MemoryFile
+from rasterio.transform import Affine
+
+from geoprep import __version__
+from geoprep.specs import OutputSpec
+from geoprep.storage import is_local, join, local_path, write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+ImageFormat = Literal["tif", "npy"]
+GRID_KEYS = ("crs", "transform", "width", "height", "gsd")
+#: 2000-01-01T00:00:00Z: any constant works; a real date keeps tar tools from warning.
+TAR_MTIME = 946684800
+TAR_OWNER = "geoprep"
+TAR_BLOCK, TAR_RECORD = 512, 10240
+_TAR_NAME = re.compile(r"^(\d+)(?:-(\d+))?\.tar$")
+_STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
+_TEMP_NAME = re.compile(r"^\..*\.tmp$")
+_SIGNED_QUERY = re.compile(r"(?i)(^|&)(sig|signature|x-amz-signature|x-goog-signature|token)=")
+_URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]+)\?[^\s'\"#]*")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image member: an array (bands, h, w) on a grid, plus where it came from.
+
+    `grid` is the JSON grid {"crs", "transform": [a, b, c, d, e, f], "width", "height", "gsd"};
+    `provenance` holds the per-image keys of the sample schema (collection, item_id, datetime,
+    hrefs, eo:cloud_cover, cloud_fraction, nodata_fraction, harmonized, scale, offset).
+    """
+
+    sensor: str
+    slot: str
+    array: np.ndarray
+    grid: dict[str, Any]
+    bands: list[str]
+    nodata: float | int | None = None
+    group: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for part in (self.sensor, self.slot, self.group):
+            if part is not None and (not part or "." in part or "/" in part):
+                raise ValueError(f"sensor/slot/group {part!r} must be non-empty, without . or /")
+        missing = [k for k in GRID_KEYS if k not in self.grid]
+        if missing:
+            raise ValueError(f"image {self.suffix}: grid lacks {missing}")
+        if self.array.ndim != 3:
+            raise ValueError(f"image {self.suffix}: array must be (bands, h, w), got {self.shape}")
+        if len(self.bands) != self.array.shape[0]:
+            raise ValueError(f"image {self.suffix}: {len(self.bands)} band names, {self.shape}")
+        if self.array.shape[1:] != (self.grid["height"], self.grid["width"]):
+            raise ValueError(f"image {self.suffix}: array {self.shape} does not match its grid")
+
+    @property
+    def suffix(self) -> str:
+        """The member name after the key, without the format extension: `s2.t0`, `s2.t0.10m`."""
+        return ".".join(p for p in (self.sensor, self.slot, self.group) if p is not None)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One location's sample: JSON metadata, its images (in schema order) and raw extra members.
+
+    `meta` holds everything but "images" and "grid"/"grids", which the writer derives from
+    `images`. `extras` maps a member suffix ("audio.flac", "mel.npy") to already-encoded bytes.
+    """
+
+    key: str
+    meta: dict[str, Any]
+    images: list[ImageRecord] = field(default_factory=list)
+    extras: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.key or "." in self.key or "/" in self.key:
+            raise ValueError(f"sample key {self.key!r} must be non-empty, without . or /")
+        if {"images", "grid", "grids"} & set(self.meta):
+            raise ValueError(f"sample {self.key}: meta must not hold images/grid/grids")
+        if self.meta.get("id", self.key) != self.key:
+            raise ValueError(f"sample {self.key}: meta id {self.meta['id']!r} differs from key")
+
+
+@dataclass(frozen=True)
+class TarPart:
+    name: str  # file name inside shards/
+    nsamples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """The content of `{index:05d}_stats.json`; `duration_s` is the only non-reproducible field."""
+
+    shard: int
+    format: str
+    count: int
+    successes: int
+    failures: dict[str, int]
+    failed: list[dict[str, str]]
+    duration_s: float
+    bytes: int
+    sha256: str  # of the tar parts concatenated in order: the tar's own hash when unsplit
+    tars: list[TarPart]
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "tars"}
+        return doc | {"tars": [vars(part) for part in self.tars]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ShardStats:
+        return cls(**(doc | {"tars": [TarPart(**part) for part in doc["tars"]]}))
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_image(record: ImageRecord, fmt: ImageFormat) -> bytes:
+    """GeoTIFF (deflate, tiled, georeferenced, band descriptions) or .npy bytes; deterministic."""
+    array = np.ascontiguousarray(record.array)
+    if fmt == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+    if fmt != "tif":
+        raise ValueError(f"image format {fmt!r}; expected 'tif' or 'npy'")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    count, height, width = array.shape
+    # One tile for small patches (a multiple of 16 as GeoTIFF requires), 256 px tiles otherwise.
+    tile = min(256, 16 * math.ceil(max(height, width) / 16))
+    predictor = 3 if np.issubdtype(array.dtype, np.floating) else 2
+    with MemoryFile() as memory:
+        with memory.open(
+            driver="GTiff",
+            width=width,
+            height=height,
+            count=count,
+            dtype=array.dtype.name,
+            crs=record.grid["crs"],
+            transform=Affine(*record.grid["transform"][:6]),
+            nodata=record.nodata,
+            compress="deflate",
+            predictor=predictor,
+            tiled=True,
+            blockxsize=tile,
+            blockysize=tile,
+            interleave="band",
+        ) as dst:
+            dst.write(array)
+            dst.descriptions = tuple(record.bands)
+            tags = {"sensor": record.sensor, "slot": record.slot, "group": record.group}
+            for key in ("collection", "item_id", "datetime"):
+                tags[key] = record.provenance.get(key)
+            dst.update_tags(**{k: str(v) for k, v in tags.items() if v is not None})
+            _set_scales(dst, record)
+        return memory.read()
+
+
+def _set_scales(dst: rasterio.io.DatasetWriter, record: ImageRecord) -> None:
+    """Per-band raster:bands scale/offset into the GeoTIFF, so GIS tools show physical values."""
+    scale, offset = record.provenance.get("scale"), record.provenance.get("offset")
+    if isinstance(scale, list) and len(scale) == len(record.bands) and None not in scale:
+        dst.scales = tuple(float(s) for s in scale)
+    if isinstance(offset, list) and len(offset) == len(record.bands) and None not in offset:
+        dst.offsets = tuple(float(o) for o in offset)
+
+
+def strip_signed_query(url: str) -> str:
+    """Drop a URL's query string when it carries a signature or token (SAS, presigned URLs)."""
+    base, sep, query = url.partition("?")
+    return base if sep and _SIGNED_QUERY.search(query) else url
+
+
+def redact(text: str) -> str:
+    """Remove every URL query string from free text (error details may quote signed URLs)."""
+    return _URL_QUERY.sub(r"\1", text)
+
+
+def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
+    """The `{key}.json` document: the sample's meta plus its grid(s) and one entry per image."""
+    grids: dict[str | None, dict[str, Any]] = {}
+    entries = []
+    for image in sample.images:
+        if grids.setdefault(image.group, image.grid) != image.grid:
+            raise ValueError(f"sample {sample.key}: images of group {image.group} differ in grid")
+        clash = {"member", "sensor", "slot", "group", "bands", "dtype", "shape"} & set(
+            image.provenance
+        )
+        if clash:
+            raise ValueError(f"sample {sample.key}: provenance must not set {sorted(clash)}")
+        provenance = dict(image.provenance)
+        if isinstance(provenance.get("hrefs"), dict):
+            provenance["hrefs"] = {k: strip_signed_query(v) for k, v in provenance["hrefs"].items()}
+        nodata = image.nodata
+        is_nan = isinstance(nodata, float | np.floating) and math.isnan(nodata)
+        entries.append(
+            {
+                "member": f"{image.suffix}.{fmt}",
+                "sensor": image.sensor,
+                "slot": image.slot,
+                "group": image.group,
+                "bands": list(image.bands),
+                "dtype": image.array.dtype.name,
+                "shape": list(image.shape),
+                # JSON has no NaN; the reader turns "nan" back into a float
+                "nodata": "nan" if is_nan else nodata,
+                **provenance,
+            }
+        )
+    doc: dict[str, Any] = {"id": sample.key, **sample.meta}
+    if None in grids and len(grids) > 1:
+        raise ValueError(f"sample {sample.key}: mixes common (group None) and native images")
+    if None in grids:
+        doc["grid"] = grids[None]
+    elif grids:
+        doc["grids"] = grids
+    doc["images"] = entries
+    return doc
+
+
+def json_bytes(doc: Any) -> bytes:
+    """Strict JSON (non-finite floats become null) with numpy scalars and dates converted."""
+    return json.dumps(_jsonable(doc), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def sample_members(sample: SampleRecord, fmt: ImageFormat) -> dict[str, bytes]:
+    """Every member of a sample, suffix → bytes (the tar names are `{key}.{suffix}`)."""
+    members = {"json": json_bytes(sample_json(sample, fmt))}
+    for image in sample.images:
+        members[f"{image.suffix}.{fmt}"] = encode_image(image, fmt)
+    for suffix, data in sample.extras.items():
+        if suffix in members or not isinstance(data, bytes):
+            raise ValueError(f"sample {sample.key}: extra {suffix!r} clashes or is not bytes")
+        members[suffix] = data
+    return members
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _member_size(name: str, size: int) -> int:
+    """Upper bound of a member's bytes in the tar; long names add a PAX extended header."""
+    length = len(name.encode())
+    header = TAR_BLOCK if length <= 100 else TAR_BLOCK * (2 + math.ceil((length + 20) / TAR_BLOCK))
+    return header + TAR_BLOCK * math.ceil(size / TAR_BLOCK)
+
+
+def _tar_file_size(content: int) -> int:
+    """Size on disk: content, two zero end blocks, then padding to a whole tar record."""
+    return TAR_RECORD * math.ceil((content + 2 * TAR_BLOCK) / TAR_RECORD)
+
+
+class _HashingFile:
+    """Write-only file that feeds a part hash and the whole-shard hash as bytes pass."""
+
+    def __init__(self, handle: io.BufferedWriter, shard_hash: Any) -> None:
+        self.handle, self.shard_hash, self.hash, self.size = handle, shard_hash, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.shard_hash.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+
+class _Part:
+    def __init__(self, index: int, tmp_dir: str | None, shard_hash: Any) -> None:
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{index:05d}-", suffix=".tar.tmp", dir=tmp_dir)
+        self.handle = os.fdopen(fd, "wb")
+        self.file = _HashingFile(self.handle, shard_hash)
+        import webdataset  # imports torch (seconds): only when a shard is actually written
+
+        self.tar = webdataset.TarWriter(
+            self.file, encoder=False, user=TAR_OWNER, group=TAR_OWNER, mode=0o644, mtime=TAR_MTIME
+        )
+        self.nsamples = 0
+
+    @property
+    def offset(self) -> int:
+        return self.tar.tarstream.offset
+
+    def finish(self) -> None:
+        if self.handle.closed:
+            return
+        self.tar.close()
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def discard(self) -> None:
+        if not self.handle.closed:
+            # close tarfile's stream now rather than at garbage collection, onto a closed file
+            with contextlib.suppress(Exception):
+                self.tar.close()
+            self.handle.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+class ShardWriter:
+    """Writes one shard index (one writer per shard; parallelism lives at the job level).
+
+    Call `add` / `fail` in plan order, then `close(duration_s)`; on any error call `abort()` (the
+    context manager does, and also aborts a writer left unclosed) so no temporary file remains.
+    """
+
+    def __init__(
+        self, out_url: str, index: int, fmt: ImageFormat = "tif", max_bytes: int | None = None
+    ) -> None:
+        if fmt not in ("tif", "npy"):
+            raise ValueError(f"image format {fmt!r}; expected 'tif' or 'npy'")
+        self.out_url, self.index, self.fmt, self.max_bytes = out_url, index, fmt, max_bytes
+        self.shards_url = join(out_url, "shards")
+        self._local = is_local(out_url)
+        if self._local:
+            local_path(self.shards_url).mkdir(parents=True, exist_ok=True)
+        self._tmp_dir = str(local_path(self.shards_url)) if self._local else None
+        self._shard_hash = hashlib.sha256()
+        self._parts: list[_Part] = []
+        self._keys: set[str] = set()
+        self._failed: list[dict[str, str]] = []
+        self._state = "open"
+
+    @classmethod
+    def from_spec(cls, out_url: str, index: int, output: OutputSpec) -> ShardWriter:
+        """A writer configured by the recipe's output section (max_shard_mb in 10^6 bytes)."""
+        return cls(out_url, index, output.format, int(output.max_shard_mb * 1_000_000))
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._state == "open":
+            if exc_type is None:
+                log.warning("shard %05d left without close(): discarded", self.index)
+            self.abort()
+
+    def _claim(self, key: str) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"shard {self.index:05d} is already {self._state}")
+        if key in self._keys:
+            raise ValueError(f"shard {self.index:05d}: key {key!r} given twice")
+        self._keys.add(key)
+
+    def add(self, sample: SampleRecord) -> int:
+        """Encode and append one sample; returns its size in the tar (bytes, upper bound).
+
+        An error while encoding leaves the writer usable (the caller may `fail` that key); an
+        error while writing the tar aborts the shard.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"shard {self.index:05d} is already {self._state}")
+        members = sample_members(sample, self.fmt)
+        self._claim(sample.key)
+        size = sum(_member_size(f"{sample.key}.{s}", len(d)) for s, d in members.items())
+        if self.max_bytes and _tar_file_size(size) > self.max_bytes:
+            log.warning("sample %s alone passes the shard size cap: own part", sample.key)
+        try:
+            if not self._parts or self._over_cap(self._parts[-1], size):
+                if self._parts:  # flush it whole first: the shard hash covers parts in order
+                    self._parts[-1].finish()
+                self._parts.append(_Part(self.index, self._tmp_dir, self._shard_hash))
+            part = self._parts[-1]
+            part.tar.write({"__key__": sample.key, **members})
+            part.nsamples += 1
+        except BaseException:
+            self.abort()
+            raise
+        return size
+
+    def _over_cap(self, part: _Part, size: int) -> bool:
+        """Start a new part when a non-empty one would pass the cap (a fixed rule: reproducible)."""
+        if not self.max_bytes or not part.nsamples:
+            return False
+        return _tar_file_size(part.offset + size) > self.max_bytes
+
+    def fail(self, key: str, reason: str, detail: str = "") -> None:
+        """Record a location that could not be completed (signed URLs are redacted)."""
+        self._claim(key)
+        self._failed.append({"id": key, "reason": reason, "detail": redact(detail)[:2000]})
+
+    def close(self, duration_s: float) -> ShardStats:
+        """Publish the tar part(s), then the stats file (the commit marker). Returns the stats."""
+        if self._state != "open":
+            raise RuntimeError(f"shard {self.index:05d} is already {self._state}")
+        try:
+            if not self._parts:  # every location failed: still publish an (empty) tar
+                self._parts.append(_Part(self.index, self._tmp_dir, self._shard_hash))
+            for part in self._parts:
+                part.finish()
+            names = [
+                shard_tar_name(self.index, i if len(self._parts) > 1 else None)
+                for i in range(len(self._parts))
+            ]
+            fs, shards_path = fsspec.core.url_to_fs(self.shards_url)
+            stats_path = f"{shards_path}/{self.index:05d}_stats.json"
+            earlier: set[str] = set()
+            if fs.exists(stats_path):  # rewriting a done shard: it must look undone meanwhile
+                earlier = {part.name for part in read_stats(self.out_url, self.index).tars}
+                fs.rm(stats_path)
+            for part, name in zip(self._parts, names, strict=True):
+                if self._local:
+                    os.replace(part.tmp, local_path(join(self.shards_url, name)))
+                else:
+                    fs.put_file(part.tmp, f"{shards_path}/{name}")
+                    os.unlink(part.tmp)
+            for stale in earlier - set(names):  # e.g. parts of a split the new cap no longer needs
+                fs.rm(f"{shards_path}/{stale}")
+            stats = self._stats(names, duration_s)
+            write_bytes_atomic(stats_url(self.out_url, self.index), _pretty_json(stats.to_json()))
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "closed"
+        return stats
+
+    def _stats(self, names: list[str], duration_s: float) -> ShardStats:
+        tars = [
+            TarPart(name, part.nsamples, part.file.size, part.file.hash.hexdigest())
+            for name, part in zip(names, self._parts, strict=True)
+        ]
+        successes = sum(part.nsamples for part in self._parts)
+        failures = Counter(f["reason"] for f in self._failed)
+        return ShardStats(
+            shard=self.index,
+            format=self.fmt,
+            count=successes + len(self._failed),
+            successes=successes,
+            failures=dict(sorted(failures.items())),
+            failed=self._failed,
+            duration_s=round(float(duration_s), 3),
+            bytes=sum(t.bytes for t in tars),
+            sha256=self._shard_hash.hexdigest(),
+            tars=tars,
+        )
+
+    def abort(self) -> None:
+        """Discard everything not yet published; safe to call more than once."""
+        for part in self._parts:
+            try:
+                part.discard()
+            except OSError as error:
+                log.warning("could not remove %s: %s", part.tmp, error)
+        self._state = "aborted" if self._state == "open" else self._state
+
+
+def shard_tar_name(index: int, part: int | None = None) -> str:
+    return f"{index:05d}.tar" if part is None else f"{index:05d}-{part}.tar"
+
+
+def stats_url(out_url: str, index: int) -> str:
+    return join(out_url, "shards", f"{index:05d}_stats.json")
+
+
+def _pretty_json(doc: Any) -> bytes:
+    return json.dumps(_jsonable(doc), indent=2, ensure_ascii=False, allow_nan=False).encode()
+
+
+def _without(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in keys}
+
+
+def _list_shards_dir(shards_url: str) -> tuple[Any, str, list[str]]:
+    fs, path = fsspec.core.url_to_fs(shards_url)
+    try:
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        names = []
+    return fs, path, sorted(names)
+
+
+# ---------------------------------------------------------------- resuming and the manifest
+
+
+def done_shards(out_url: str) -> set[int]:
+    """Indexes of committed shards: those with a stats file."""
+    _, _, names = _list_shards_dir(join(out_url, "shards"))
+    return {int(m.group(1)) for m in map(_STATS_NAME.match, names) if m}
+
+
+def read_stats(out_url: str, index: int) -> ShardStats:
+    with fsspec.open(stats_url(out_url, index), "rb") as handle:
+        return ShardStats.from_json(json.load(handle))
+
+
+def clean_partial(out_url: str) -> list[str]:
+    """Remove temporaries and uncommitted tars left by a killed run; returns the removed names.
+
+    Call it once before starting writers: it would also remove the files of writers running now.
+    """
+    fs, path, names = _list_shards_dir(join(out_url, "shards"))
+    done = done_shards(out_url)
+    removed = []
+    for name in names:
+        tar = _TAR_NAME.match(name)
+        if _TEMP_NAME.match(name) or (tar and int(tar.group(1)) not in done):
+            fs.rm(f"{path}/{name}")
+            removed.append(name)
+    if removed:
+        log.info("removed %d partial file(s) from %s: %s", len(removed), out_url, removed[:5])
+    return removed
+
+
+def write_manifest(
+    out_url: str, recipe: dict[str, Any], recipe_digest: str, n_shards: int
+) -> dict[str, Any]:
+    """Gather every shard's stats into `OUT/manifest.json` and a wids index `OUT/index.json`."""
+    done = done_shards(out_url)
+    missing = [i for i in range(n_shards) if i not in done]
+    if missing:
+        log.warning("%d of %d shards are not done: %s", len(missing), n_shards, missing[:10])
+    shards, failures, shardlist = [], Counter(), []
+    for index in sorted(i for i in done if i < n_shards):
+        stats = read_stats(out_url, index)
+        failures.update(stats.failures)
+        tars = [{"path": f"shards/{t.name}"} | _without(vars(t), "name") for t in stats.tars]
+        shardlist += [
+            {"url": t["path"], "nsamples": t["nsamples"], "filesize": t["bytes"]}
+            for t in tars
+            if t["nsamples"]
+        ]
+        summary = _without(stats.to_json(), "shard", "failed", "duration_s", "tars")
+        shards.append({"index": index, **summary, "tars": tars})
+    manifest = {
+        "geoprep_version": __version__,
+        "recipe_digest": recipe_digest,
+        "recipe": recipe,
+        "n_shards": n_shards,
+        "complete": not missing,
+        "missing": missing,
+        "totals": {
+            "locations": sum(s["count"] for s in shards),
+            "successes": sum(s["successes"] for s in shards),
+            "failures": sum(failures.values()),
+            "bytes": sum(s["bytes"] for s in shards),
+        },
+        "failures": dict(sorted(failures.items())),
+        "shards": shards,
+    }
+    index_doc = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": str(recipe.get("name", "geoprep")),
+        "shardlist": shardlist,
+    }
+    write_bytes_atomic(join(out_url, "index.json"), _pretty_json(index_doc))
+    write_bytes_atomic(join(out_url, "manifest.json"), _pretty_json(manifest))
+    return manifest
