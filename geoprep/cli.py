@@ -51,6 +51,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser(
+        "build",
+        parents=[common],
+        help="fetch imagery for the planned locations and write WebDataset shards",
+        description="Plan (unless OUT/plan holds the same plan), find scenes in the recipe's "
+        "catalogs, read co-registered patches and write OUT/shards/NNNNN.tar with a "
+        "NNNNN_stats.json commit marker each, then OUT/manifest.json. Rerunning the same "
+        "command after an interruption builds only the missing shards; the same recipe gives "
+        "the same shards whatever the worker count.",
+        epilog=_EPILOG_SET,
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML with an imagery section")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory or URL")
+    _add_set(p)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--io-threads", type=int, default=8, help="concurrent locations per worker (default 8)"
+    )
+    p.add_argument(
+        "--samples-per-shard",
+        type=int,
+        metavar="N",
+        help="same as --set output.samples_per_shard=N",
+    )
+    p.add_argument(
+        "--dask",
+        metavar="tcp://SCHEDULER:8786",
+        help="run the shard tasks on an existing Dask cluster instead of local workers",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser(
         "check",
         parents=[common],
         help="validate a recipe without running it",
@@ -137,6 +169,62 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"wrote {args.out}/locations.parquet and clusters.parquet")
     return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from geoprep.recipe import load_recipe
+
+    overrides = list(args.overrides)
+    if args.samples_per_shard is not None:
+        overrides.append(f"output.samples_per_shard={args.samples_per_shard}")
+    if args.workers < 1 or args.io_threads < 1:
+        raise UserError("--workers and --io-threads must be at least 1")
+    recipe = load_recipe(args.recipe, overrides)
+    summary = run_build(recipe, args.out, args.workers, args.io_threads, args.dask)
+    if args.json:
+        print(json.dumps({**summary.__dict__, "samples_per_s": summary.samples_per_s}, indent=2))
+    return 0
+
+
+def run_build(recipe, out: str, workers: int = 1, io_threads: int = 8, dask: str | None = None):
+    """Build with a live bar (shards, samples/s, failures) and a final summary table."""
+    from geoprep.build import build
+
+    with progress_bar(f"build {recipe.name}") as bar:
+        counts = {"samples": 0, "failed": 0}
+        started = time.perf_counter()
+
+        def on_start(total: int, skipped: int) -> None:
+            bar.set_total(total)
+            bar.advance(skipped)
+
+        def on_shard(stats) -> None:
+            counts["samples"] += stats.successes
+            counts["failed"] += stats.count - stats.successes
+            rate = counts["samples"] / max(time.perf_counter() - started, 1e-9)
+            bar.describe(
+                f"build {recipe.name}: {counts['samples']} samples, {rate:.1f}/s, "
+                f"{counts['failed']} failed"
+            )
+            bar.advance()
+
+        summary = build(
+            recipe, out, workers, io_threads, dask, on_shard=on_shard, on_start=on_start
+        )
+    table = Table(title=f"{recipe.name}: build summary")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row(
+        "shards", f"{summary.shards} ({summary.built} built, {summary.skipped} done before)"
+    )
+    table.add_row("samples written", str(summary.samples))
+    for reason, count in summary.failures.items():
+        table.add_row(f"failed: {reason}", str(count))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    table.add_row("samples/s", f"{summary.samples_per_s:.1f}")
+    console.print(table)
+    console.print(f"shards in {out}/shards, manifest {out}/manifest.json")
+    return summary
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

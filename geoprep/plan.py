@@ -83,7 +83,12 @@ def plan(recipe: Recipe, out: str, progress: Bar | None = None) -> PlanSummary:
         join(out, RECIPE_FILE),
         yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).encode(),
     )
-    manifest = {"geoprep_version": __version__, "recipe_name": recipe.name, **summary.to_json()}
+    manifest = {
+        "geoprep_version": __version__,
+        "recipe_name": recipe.name,
+        "plan_digest": recipe.plan_digest(),
+        **summary.to_json(),
+    }
     manifest.pop("out")
     # Written last: its presence marks a complete plan.
     write_bytes_atomic(join(out, PLAN_FILE), json.dumps(manifest, indent=2).encode())

@@ -132,12 +132,14 @@ def _multi_year_slots(spec: MultiYearTime, rng: np.random.Generator) -> list[Slo
     pairs = year_pairs(spec)
     years = pairs[int(rng.integers(0, len(pairs)))]  # uniform over the allowed pairs
     # One day-of-year for both groups, so season k of one year matches season k of the other.
-    day_of_year = int(rng.integers(0, 365))
+    # The dates wrap around within the group's own year (a year group stays in its year) and are
+    # then taken oldest first.
+    day_of_year = int(rng.integers(spec.day_of_year[0], spec.day_of_year[1] + 1))
+    days = sorted((day_of_year + k * spec.spacing_days) % 365 for k in range(spec.dates_per_group))
     slots = []
     for group, year in enumerate(years):
-        first = dt.date(year, 1, 1) + dt.timedelta(days=day_of_year)
-        for season in range(spec.dates_per_group):
-            target = first + dt.timedelta(days=season * spec.spacing_days)
+        for season, day in enumerate(days):
+            target = dt.date(year, 1, 1) + dt.timedelta(days=day)
             slots.append(
                 _around(
                     f"y{group}s{season}",

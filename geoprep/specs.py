@@ -91,6 +91,9 @@ class MultiYearTime(_Spec):
     dates_per_group: int = Field(4, gt=0)
     spacing_days: int = Field(91, gt=0)
     window_days: int = Field(15, ge=0)
+    day_of_year: tuple[int, int] = Field(
+        (0, 364), description="range of the random first day of year (0 = 1 January)"
+    )
 
     @model_validator(mode="after")
     def _years_fit(self) -> MultiYearTime:
@@ -98,6 +101,9 @@ class MultiYearTime(_Spec):
             raise ValueError(
                 f"last_year - first_year must be at least min_gap_years ({self.min_gap_years})"
             )
+        low, high = self.day_of_year
+        if not 0 <= low <= high <= 364:
+            raise ValueError("day_of_year must be [low, high] with 0 <= low <= high <= 364")
         return self
 
 

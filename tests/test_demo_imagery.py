@@ -167,11 +167,11 @@ def test_processing_baseline_04_adds_the_dn_offset(demo_world, truth):
     assert set(by_baseline) == {False, True}
     raw = {k: np.median([np.median(dn[w]) for _, dn, w in v]) for k, v in by_baseline.items()}
     assert raw[True] - raw[False] > 800  # same water, about 1000 DN apart before harmonising
-    harmonised = {
-        k: np.median([np.nanmedian(reflectance(i, "B04")[w]) for i, _, w in v])
-        for k, v in by_baseline.items()
-    }
-    assert abs(harmonised[True] - harmonised[False]) < 0.02
+    # Dark water lies below 1000 DN in the old convention and never in the new one: the offset
+    # is added to every valid pixel. (Water medians of different dates also differ by haze, so
+    # comparing them across baselines would test the weather, not the offset.)
+    lowest = {k: min(int(dn[w & (dn > 0)].min()) for _, dn, w in v) for k, v in by_baseline.items()}
+    assert lowest[False] < 1000 <= lowest[True]
     newer = by_baseline[True][0][0]
     xml = Path(newer["assets"]["product-metadata"]["path"]).read_text()
     assert "<BOA_ADD_OFFSET" in xml and ">-1000<" in xml
@@ -182,15 +182,19 @@ def test_scene_classification_follows_the_rendered_clouds(demo_world):
         i for i in items(demo_world, "sentinel-2-l2a") if i["properties"]["eo:cloud_cover"] > 30
     ]
     assert cloudy
+    compared = 0
     for item in cloudy:
         scl, *_ = read(item, "SCL")
         blue = reflectance(item, "B02")[::2, ::2]  # 10 m -> 20 m grid
         cloud = np.isin(scl, [SCL["cloud_medium"], SCL["cloud_high"]])
         ground = np.isin(scl, [SCL["vegetation"], SCL["not_vegetated"]])
-        assert np.nanmean(blue[cloud]) > 3 * np.nanmean(blue[ground]), item["id"]
+        if ground.any():  # an overcast tile has no ground to compare with
+            assert np.nanmean(blue[cloud]) > 3 * np.nanmean(blue[ground]), item["id"]
+            compared += 1
         valid = scl != SCL["no_data"]
         cover = np.isin(scl[valid], [8, 9, 10]).mean() * 100
         assert abs(cover - item["properties"]["eo:cloud_cover"]) < 0.01
+    assert compared > 0
 
 
 def test_nodata_wedges_match_the_item_footprint(demo_world):

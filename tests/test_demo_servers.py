@@ -268,8 +268,19 @@ def test_token_has_the_real_shape(services):
     assert not token.startswith("?")
     names = [pair.split("=", 1)[0] for pair in token.split("&")]
     assert names == [
-        "st", "se", "sp", "sv", "sr", "skoid", "sktid", "skt", "ske", "sks", "skv", "sig",
-    ]  # fmt: skip
+        "st",
+        "se",
+        "sp",
+        "sv",
+        "sr",
+        "skoid",
+        "sktid",
+        "skt",
+        "ske",
+        "sks",
+        "skv",
+        "sig",
+    ]
     fields = dict(pair.split("=", 1) for pair in token.split("&"))
     assert fields["se"] == body["msft:expiry"].replace(":", "%3A")
     assert (fields["sp"], fields["sr"], fields["sv"]) == ("rl", "c", "2021-06-08")

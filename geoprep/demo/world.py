@@ -25,6 +25,9 @@ import numpy as np
 from rasterio.transform import Affine
 
 from geoprep.demo import stac_items
+from geoprep.demo.aporee_world import aporee_part
+from geoprep.demo.fmow_world import fmow_part
+from geoprep.demo.osm_world import osm_part
 from geoprep.demo.render import Grid, Sky, Surface
 from geoprep.demo.sensors import (
     NAIP_BANDS,
@@ -61,6 +64,9 @@ class ImagingPlan:
     s1_seasons: tuple[str, ...]
     naip_years: tuple[int, ...]
     naip_side: float  # metres; NAIP covers a centred sub-square of the US AOI
+    # Sentinel-2 passes per season, ten days apart: cloud regimes differ between them, so a
+    # builder has a clear scene to fall back on when the best-dated one is cloudy.
+    s2_revisits: int = 1
 
 
 ALL_SEASONS = tuple(SEASON_DATES)
@@ -80,6 +86,7 @@ PLANS = {
         s1_seasons=("spring", "autumn"),
         naip_years=(2019, 2021),
         naip_side=1920,
+        s2_revisits=2,
     ),
     "full": ImagingPlan(
         years=(2019, 2020, 2021, 2022),
@@ -88,6 +95,7 @@ PLANS = {
         s1_seasons=ALL_SEASONS,
         naip_years=(2019, 2021),
         naip_side=3840,
+        s2_revisits=3,
     ),
 }
 #: Landsat WRS-2 path/row over each site, and the NAIP state of the one US site.
@@ -178,7 +186,10 @@ def plan_shots(truth: Truth, scale: str, rng: np.random.Generator) -> list[Shot]
                 month, day = SEASON_DATES[season]
                 base = dt.date(year, month, day)
                 if season in plan.s2_seasons:
-                    shots.append(planner.sentinel2(season, base))
+                    shots.extend(
+                        planner.sentinel2(season, base + dt.timedelta(days=10 * visit))
+                        for visit in range(plan.s2_revisits)
+                    )
                 if season in plan.landsat_seasons:
                     shots.append(planner.landsat(season, base))
                 if season in plan.s1_seasons:
@@ -192,7 +203,7 @@ class _AoiPlanner:
     """Draws the acquisitions of one AOI: dates, skies, orbits and product names.
 
     Cloud regimes are dealt from a shuffled deck so every AOI gets clear, partly cloudy and
-    cloudy scenes; one Sentinel-2 relative orbit sees the AOI at its swath edge (nodata wedge).
+    cloudy scenes; partly cloudy passes of one relative orbit see the AOI at their swath edge.
     """
 
     def __init__(self, aoi: Aoi, site, index: int, plan: ImagingPlan, rng: np.random.Generator):
@@ -201,10 +212,22 @@ class _AoiPlanner:
         self.tile = mgrs_tile(aoi.epsg, (west + east) / 2, (south + north) / 2, site.lat)
         self.s2_orbits = [int(o) for o in rng.choice(np.arange(1, 144), 2, replace=False)]
         self.s1_orbits = [int(o) for o in rng.choice(np.arange(1, 176), 2, replace=False)]
-        n_s2 = len(plan.years) * len(plan.s2_seasons)
-        self.s2_regimes = list(
-            rng.permutation(np.resize(["clear", "partial", "cloudy", "partial"], n_s2))
+        n_seasons = len(plan.years) * len(plan.s2_seasons)
+        first_pass = rng.permutation(
+            np.resize(["clear", "partial", "cloudy", "partial"], n_seasons)
         )
+        # Later passes of a season are clear where the first was not (and vice versa), as when
+        # weather changes between revisits; so every season has a usable scene to fall back on.
+        later = {
+            "clear": ["cloudy", "partial"],
+            "partial": ["clear", "cloudy"],
+            "cloudy": ["clear", "partial"],
+        }
+        self.s2_regimes = [
+            regime
+            for first in first_pass
+            for regime in ([str(first)] + later[str(first)])[: plan.s2_revisits]
+        ]
         n_ls = len(plan.years) * len(plan.landsat_seasons)
         self.ls_regimes = list(
             rng.permutation(np.resize(["partial", "clear", "cloudy", "clear"], n_ls))
@@ -247,9 +270,12 @@ class _AoiPlanner:
         self.counts["s2"] += 1
         when = self._when(base + dt.timedelta(days=int(r.integers(-6, 7))), 10.5, 600)
         when = when.replace(microsecond=24_000)
-        edge = (k + self.index) % 3 == 1
+        regime = self.s2_regimes[k]
+        # Some partly cloudy passes see the AOI at their swath edge (a nodata wedge); the clear
+        # pass of each season never does, so every season keeps one usable scene.
+        edge = regime == "partial" and (k + self.index) % 2 == 0
         swath = _swath(self.aoi, r, 195.0) if edge else None
-        sky = self._sky(self.s2_regimes[k], when, swath)
+        sky = self._sky(regime, when, swath)
         sat = "S2A" if r.random() < 0.5 else "S2B"
         launch = dt.date(2015, 6, 23) if sat == "S2A" else dt.date(2017, 3, 7)
         meta = {
@@ -410,6 +436,9 @@ def stac_part(ctx: PartContext) -> dict:
 WORLD_PARTS: list[tuple[str, Callable[[PartContext], dict]]] = [
     ("imagery", imagery_part),
     ("stac", stac_part),
+    ("osm", osm_part),
+    ("aporee", aporee_part),
+    ("fmow", fmow_part),
 ]
 
 

@@ -1,0 +1,272 @@
+"""One location's sample: pick a scene per sensor and time slot, read its patches, check them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pystac
+
+from geoprep.catalogs import Catalog, unsigned_href
+from geoprep.errors import SourceError
+from geoprep.grid import TargetGrid, native_groups
+from geoprep.raster import (
+    DEFAULT_MASK_ASSETS,
+    S2_REFLECTANCE_ASSETS,
+    DatasetCache,
+    apply_scale_offset,
+    asset_gsd,
+    band_scale_offset,
+    cloud_fraction,
+    harmonize_s2,
+    mask_kind,
+    nodata_fraction,
+    read_patch,
+)
+from geoprep.recipe import Recipe
+from geoprep.scenes import Slot, coterminous, item_datetime, rank, slots_for
+from geoprep.shards import ImageRecord, SampleRecord
+from geoprep.specs import SensorSpec, SingleTime
+
+log = logging.getLogger(__name__)
+
+
+class LocationFailed(Exception):
+    """A location that cannot be completed; `reason` is a short count key for the stats."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class SceneRead:
+    """The images one scene gave for one sensor and slot, or why it was rejected."""
+
+    images: list[ImageRecord]
+    rejected: str | None = None
+
+
+def location_rng(seed: int, location_id: str) -> np.random.Generator:
+    """A generator that depends only on the recipe seed and the location, not on worker order."""
+    digest = hashlib.sha256(location_id.encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def location_slots(recipe: Recipe, row: Mapping[str, Any]) -> list[Slot]:
+    return slots_for(recipe.imagery.time, location_rng(recipe.seed, str(row["id"])), row)
+
+
+class PatchBuilder:
+    """Builds samples for locations of one recipe; safe to share between I/O threads."""
+
+    def __init__(self, recipe: Recipe, catalogs: Mapping[str, Catalog], cache: DatasetCache):
+        if recipe.imagery is None:
+            raise ValueError("the recipe has no imagery section")
+        self.recipe, self.imagery = recipe, recipe.imagery
+        self.catalogs, self.cache = catalogs, cache
+
+    # ------------------------------------------------------------------ a whole sample
+    def build(
+        self,
+        row: Mapping[str, Any],
+        slots: list[Slot],
+        candidates: Mapping[str, list[pystac.Item]],
+    ) -> SampleRecord:
+        """The sample of one location; raises LocationFailed when it cannot be completed."""
+        images: list[ImageRecord] = []
+        if isinstance(self.imagery.time, SingleTime):
+            images = self._coterminous(row, slots[0], candidates)
+        else:
+            for slot in slots:
+                for sensor in self.imagery.sensors:
+                    images += self._first_clear(row, sensor, slot, candidates.get(sensor, []))
+        meta = {
+            "id": str(row["id"]),
+            "lat": float(row["lat"]),
+            "lon": float(row["lon"]),
+            "label": row.get("label"),
+            "cluster": int(row["cluster"]),
+            "split": row["split"],
+            "source": row.get("source"),
+            "slots": {slot.name: slot.to_json() for slot in slots},
+            "recipe_digest": self.recipe.digest(),
+            "location": {k: v for k, v in row.items() if k not in _META_COLUMNS},
+        }
+        return SampleRecord(key=str(row["id"]), meta=meta, images=images)
+
+    def _first_clear(self, row, sensor: str, slot: Slot, items: list[pystac.Item]):
+        spec = self.imagery.sensors[sensor]
+        ranked = rank(slot, items)[: spec.max_candidates]
+        if not ranked:
+            raise LocationFailed("no_scene", f"{sensor} {slot.name}: no scene in the window")
+        reasons = []
+        for item in ranked:
+            read = self.read_scene(row, sensor, slot, item)
+            if read.rejected is None:
+                return read.images
+            reasons.append(read.rejected)
+        raise LocationFailed(
+            "no_clear_scene",
+            f"{sensor} {slot.name}: {len(ranked)} scenes tried ({', '.join(reasons)})",
+        )
+
+    def _coterminous(self, row, slot: Slot, candidates) -> list[ImageRecord]:
+        ranked = {
+            sensor: rank(slot, candidates.get(sensor, []))[: spec.max_candidates]
+            for sensor, spec in self.imagery.sensors.items()
+        }
+        empty = [s for s, items in ranked.items() if not items]
+        if empty:
+            raise LocationFailed("no_scene", f"{', '.join(empty)}: no scene in the window")
+        rejected: set[tuple[str, str]] = set()
+        reads: dict[tuple[str, str], SceneRead] = {}
+        tried = 0
+        for combination in coterminous(ranked, self.imagery.time.window_days, rejected):
+            tried += 1
+            images: list[ImageRecord] = []
+            for sensor, item in combination.items():
+                key = (sensor, item.id)
+                if key not in reads:
+                    reads[key] = self.read_scene(row, sensor, slot, item)
+                if reads[key].rejected is not None:
+                    rejected.add(key)
+                    break
+                images += reads[key].images
+            else:
+                return images
+            if tried > sum(len(v) for v in ranked.values()) * 4:
+                break
+        raise LocationFailed(
+            "no_clear_scene",
+            f"no combination of clear scenes within {self.imagery.time.window_days} days "
+            f"({len(reads)} scenes read)",
+        )
+
+    # ------------------------------------------------------------------ one scene
+    def read_scene(self, row, sensor: str, slot: Slot, item: pystac.Item) -> SceneRead:
+        """Read every asset of `sensor` from `item` onto the location's grid(s) and check them."""
+        spec = self.imagery.sensors[sensor]
+        missing = [a for a in spec.assets if a not in item.assets]
+        if missing:
+            return SceneRead([], f"{item.id} lacks assets {missing}")
+        signed = self.catalogs[spec.catalog].sign(item)
+        mask_asset = spec.mask_asset or DEFAULT_MASK_ASSETS.get(spec.collection)
+        if mask_asset is not None and mask_asset not in item.assets:
+            mask_asset = None
+        wanted = list(dict.fromkeys([*spec.assets, *([mask_asset] if mask_asset else [])]))
+        grids = self.grids_for(row, spec, item, wanted)
+
+        arrays: dict[str, np.ndarray] = {}
+        nodatas: dict[str, float | None] = {}
+        for asset in wanted:
+            categorical = asset in spec.categorical or asset == mask_asset
+            try:
+                patch = read_patch(
+                    signed.assets[asset].href,
+                    grids[asset][0],
+                    "nearest" if categorical else spec.resampling,
+                    cache=self.cache,
+                )
+            except SourceError as error:
+                return SceneRead([], f"{item.id}: {error}")
+            arrays[asset], nodatas[asset] = patch.array, patch.nodata
+
+        clouds = 0.0
+        if mask_asset is not None and (kind := mask_kind(mask_asset)) is not None:
+            clouds = cloud_fraction(arrays[mask_asset], kind)
+        missing_share = nodata_fraction(
+            [arrays[a] for a in spec.assets], [nodatas[a] for a in spec.assets]
+        )
+        if clouds > spec.max_patch_cloud:
+            return SceneRead([], f"{item.id} cloudy ({clouds:.0%})")
+        if missing_share > spec.max_patch_nodata:
+            return SceneRead([], f"{item.id} nodata ({missing_share:.0%})")
+
+        harmonized = False
+        baseline = item.properties.get("s2:processing_baseline")
+        if spec.harmonize and baseline is not None:
+            for asset in spec.assets:
+                if asset in S2_REFLECTANCE_ASSETS:
+                    arrays[asset], applied = harmonize_s2(
+                        arrays[asset], baseline, nodatas[asset] or 0
+                    )
+                    harmonized |= applied
+        scales = {a: band_scale_offset(item, a) for a in spec.assets}
+        if spec.apply_scale:
+            for asset in spec.assets:
+                arrays[asset] = apply_scale_offset(arrays[asset], *scales[asset], nodatas[asset])
+
+        provenance = {
+            "collection": item.collection_id,
+            "item_id": item.id,
+            "datetime": _iso(item_datetime(item)),
+            "hrefs": {a: unsigned_href(item.assets[a].href) for a in spec.assets},
+            "eo:cloud_cover": item.properties.get("eo:cloud_cover"),
+            "cloud_fraction": round(float(clouds), 6),
+            "nodata_fraction": round(float(missing_share), 6),
+            "harmonized": harmonized,
+            "processing_baseline": baseline,
+        }
+        return SceneRead(
+            self._records(sensor, slot, spec, grids, arrays, nodatas, scales, provenance)
+        )
+
+    def grids_for(
+        self, row, spec: SensorSpec, item, assets: list[str]
+    ) -> dict[str, tuple[TargetGrid, str | None]]:
+        """Each asset's target grid and resolution-group name (None in the common layout)."""
+        grid_spec = self.imagery.grid
+        lat, lon = float(row["lat"]), float(row["lon"])
+        if grid_spec.layout == "common":
+            grid = TargetGrid.around(lat, lon, grid_spec.gsd, grid_spec.size)
+            return dict.fromkeys(assets, (grid, None))
+        gsds = {a: asset_gsd(item, a, cache=self.cache) for a in assets}
+        grids: dict[str, tuple[TargetGrid, str | None]] = {}
+        for name, (grid, members) in native_groups(grid_spec, gsds, lat, lon).items():
+            grids.update(dict.fromkeys(members, (grid, name)))
+        return grids
+
+    def _records(self, sensor, slot, spec, grids, arrays, nodatas, scales, provenance):
+        """One image per sensor (common layout) or per resolution group (native layout)."""
+        groups: dict[tuple[TargetGrid, str | None], list[str]] = {}
+        for asset in spec.assets:
+            groups.setdefault(grids[asset], []).append(asset)
+        records = []
+        for (grid, group), assets in groups.items():
+            stack = np.concatenate([arrays[a] for a in assets], axis=0)
+            bands = [
+                a if arrays[a].shape[0] == 1 else f"{a}_{i}"
+                for a in assets
+                for i in range(arrays[a].shape[0])
+            ]
+            scale = [s for a in assets for s in _per_band(scales[a][0], arrays[a].shape[0])]
+            offset = [o for a in assets for o in _per_band(scales[a][1], arrays[a].shape[0])]
+            records.append(
+                ImageRecord(
+                    sensor=sensor,
+                    slot=slot.name,
+                    array=stack,
+                    grid=grid.to_json(),
+                    bands=bands,
+                    nodata=nodatas[assets[0]],
+                    group=group,
+                    provenance=provenance | {"scale": scale, "offset": offset},
+                )
+            )
+        return records
+
+
+_META_COLUMNS = {"id", "lat", "lon", "label", "cluster", "split", "source", "geometry"}
+
+
+def _per_band(values: list[float], bands: int) -> list[float]:
+    return list(values) if len(values) == bands else [values[0] if values else 1.0] * bands
+
+
+def _iso(when) -> str | None:
+    return when.isoformat().replace("+00:00", "Z") if when is not None else None
