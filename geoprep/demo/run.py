@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +18,9 @@ from geoprep.progress import console, progress_bar
 
 log = logging.getLogger(__name__)
 
-#: The demo recipes, in the order the demo runs them.
-DEMO_RECIPES = ("urban", "osm-csf12", "aporee", "fmow")
+#: The demo recipes the demo plans, then those it builds, in order.
+PLAN_RECIPES = ("urban", "osm-csf12", "aporee", "fmow")
+BUILD_RECIPES = ("csf", "caco", "csf-osm-eval")
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 
 
@@ -46,24 +50,30 @@ def ensure_world(world: Path, seed: int = 0, scale: str = "small") -> None:
 def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]:
     """`--set` overrides that point a demo recipe at this world and its served stand-ins."""
     truth = world / "truth"
-    if name == "urban":
-        return [
-            f"sampler.cities={truth / 'cities.csv'}",
-            f"sampler.within={truth / 'aois.geojson'}",
-        ]
-    if name == "osm-csf12":
+    overrides = []
+    if name in ("urban", "caco"):
+        overrides += [f"sampler.within={truth / 'aois.geojson'}"]
+    if name in ("urban", "caco", "csf"):
+        overrides += [f"sampler.cities={truth / 'cities.csv'}"]
+    if name in ("osm-csf12", "csf-osm-eval"):
         aois = json.loads((truth / "aois.geojson").read_text())["features"]
         bboxes = [f["properties"]["bounds_lonlat"] for f in aois]
-        return [f"sampler.endpoint={services.overpass_url}", f"sampler.bboxes={json.dumps(bboxes)}"]
+        overrides += [
+            f"sampler.endpoint={services.overpass_url}",
+            f"sampler.bboxes={json.dumps(bboxes)}",
+        ]
     if name == "aporee":
-        return [f"sampler.proxy={services.archive_proxy_url}", "sampler.secure=false"]
+        overrides += [f"sampler.proxy={services.archive_proxy_url}", "sampler.secure=false"]
     if name == "fmow":
-        return [f"sampler.root={world / 'fmow' / 'fMoW-rgb'}"]
-    return []
+        overrides += [f"sampler.root={world / 'fmow' / 'fMoW-rgb'}"]
+    if name in BUILD_RECIPES:
+        overrides += [f"imagery.catalogs.pc.url={services.stac_url}"]
+    return overrides
 
 
-def run_demo(out: Path, seed: int = 0, scale: str = "small") -> list[StageResult]:
+def run_demo(out: Path, seed: int = 0, scale: str = "small", workers: int = 2) -> list[StageResult]:
     """Run every stage that exists on the demo world under `out`; return what each produced."""
+    from geoprep.cli import run_build
     from geoprep.plan import plan
     from geoprep.recipe import load_recipe
 
@@ -71,26 +81,41 @@ def run_demo(out: Path, seed: int = 0, scale: str = "small") -> list[StageResult
     world = out / "world"
     ensure_world(world, seed, scale)
     results: list[StageResult] = []
-    with serve_world(world) as services:
-        for name in DEMO_RECIPES:
+    with serve_world(world) as services, _environment(services.env()):
+        for name in PLAN_RECIPES:
             recipe = load_recipe(RECIPE_DIR / f"{name}.yaml", demo_overrides(name, world, services))
-            target = out / name
+            target = out / name / "plan"
             started = time.perf_counter()
             with progress_bar(f"plan {name}") as bar:
-                summary = plan(recipe, str(target / "plan"), bar)
+                summary = plan(recipe, str(target), bar)
             dropped = sum(summary.dropped.values())
             splits = ", ".join(f"{k} {v}" for k, v in summary.by_split.items())
-            results.append(
-                StageResult(
-                    name,
-                    "plan",
-                    target / "plan",
-                    f"{summary.n_locations} locations ({splits}); {dropped} dropped",
-                    time.perf_counter() - started,
-                )
-            )
+            detail = f"{summary.n_locations} locations ({splits}); {dropped} dropped"
+            results.append(StageResult(name, "plan", target, detail, time.perf_counter() - started))
+        for name in BUILD_RECIPES:
+            recipe = load_recipe(RECIPE_DIR / f"{name}.yaml", demo_overrides(name, world, services))
+            target = out / name
+            built = run_build(recipe, str(target), workers=workers)
+            failed = sum(built.failures.values())
+            detail = f"{built.samples} samples in {built.shards} shards; {failed} failed"
+            results.append(StageResult(name, "build", target, detail, built.seconds))
     print_summary(results)
     return results
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (inherited by worker processes) for the duration."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def print_summary(results: list[StageResult]) -> None:

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from geoprep.errors import UserError
 from geoprep.samplers.base import Progress, SamplerConfig, SampleResult
@@ -41,9 +41,23 @@ class UrbanSampler(SamplerConfig):
     within: str | None = Field(
         None, description="optional polygon file (GeoJSON/GeoParquet): keep points inside it"
     )
+    bounds: tuple[float, float, float, float] | None = Field(
+        None, description="optional [west, south, east, north]: keep points inside it"
+    )
     max_attempts_per_point: int = Field(
         50, gt=0, description="give up after n × this many candidates"
     )
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, bounds):
+        if bounds is not None:
+            west, south, east, north = bounds
+            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+                raise ValueError(
+                    "expected [west, south, east, north] with west < east, south < north"
+                )
+        return bounds
 
     def sample(self, rng: np.random.Generator, progress: Progress) -> SampleResult:
         cities = load_cities(self.cities).head(self.top_cities)
@@ -74,6 +88,11 @@ class UrbanSampler(SamplerConfig):
             if region is not None:
                 inside = region(lat, lon)
                 dropped["outside_region"] += int((keep & ~inside).sum())
+                keep &= inside
+            if self.bounds is not None:
+                west, south, east, north = self.bounds
+                inside = (lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)
+                dropped["outside_bounds"] += int((keep & ~inside).sum())
                 keep &= inside
 
             xyz = unit_xyz(lat, lon) * EARTH_RADIUS_M
