@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from geoprep.clusters import ClusterConfig, SplitConfig
 from geoprep.errors import UserError
 from geoprep.samplers import AnySampler
-from geoprep.specs import ImagerySpec, OutputSpec
+from geoprep.specs import AudioSpec, FmowImagesSpec, ImagerySpec, OutputSpec
 
 #: The sections that decide the plan; a build reuses a plan whose digest of these matches.
 PLAN_SECTIONS = ("seed", "sampler", "clusters", "splits")
@@ -31,6 +31,8 @@ class Recipe(BaseModel):
     clusters: ClusterConfig = ClusterConfig()
     splits: SplitConfig = SplitConfig()
     imagery: ImagerySpec | None = None
+    audio: AudioSpec | None = None
+    fmow_images: FmowImagesSpec | None = None
     output: OutputSpec = OutputSpec()
 
     def digest(self) -> str:

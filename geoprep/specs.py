@@ -163,6 +163,49 @@ class ImagerySpec(_Spec):
         return self
 
 
+class AudioSpec(_Spec):
+    """SoundingEarth: each location's recording, downloaded, decoded, cut and turned into a log-mel
+    spectrogram; the location table must come from the aporee sampler (download_url, md5 …)."""
+
+    sample_rate: int = Field(22050, ge=4000, le=192000, description="resample to this rate, Hz")
+    max_duration_s: float = Field(300.0, gt=0, description="keep at most this much audio")
+    segment: Literal["first", "centre", "random"] = Field(
+        "first", description="which part of a longer recording to keep (random: seeded)"
+    )
+    n_mels: int = Field(128, gt=0, description="mel bands of the spectrogram")
+    n_fft: int = Field(1024, gt=0)
+    hop_length: int = Field(512, gt=0)
+    fmin: float = Field(0.0, ge=0)
+    fmax: float | None = Field(None, gt=0, description="default: half the sample rate")
+    min_frames: int = Field(
+        128, gt=0, description="recordings shorter than this many spectrogram frames are skipped"
+    )
+    proxy: str | None = Field(None, description="HTTP proxy for downloads (the demo stand-in)")
+    retries: int = Field(3, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _band_fits(self) -> AudioSpec:
+        top = self.fmax if self.fmax is not None else self.sample_rate / 2
+        if not self.fmin < top <= self.sample_rate / 2:
+            raise ValueError("need fmin < fmax <= sample_rate / 2")
+        return self
+
+
+class FmowImagesSpec(_Spec):
+    """GASSL: every image of a location's fMoW sequence, cropped around its box and resized."""
+
+    root: str | None = Field(
+        None, description="fMoW root (local path or fsspec URL); default: the sampler's root"
+    )
+    size: int = Field(224, gt=0, le=4096, description="output side in pixels")
+    context: float = Field(
+        0.5, ge=0, description="margin around the box, as a fraction of the box's longer side"
+    )
+    max_images: int | None = Field(None, gt=0, description="keep at most this many, evenly")
+    storage_options: dict = Field(default_factory=dict)
+
+
 class OutputSpec(_Spec):
     format: Literal["tif", "npy"] = Field("tif", description="image members: GeoTIFF or .npy")
     samples_per_shard: int = Field(256, gt=0)
