@@ -276,7 +276,9 @@ class Sample:
 
 def _npy_image(meta: dict[str, Any], info: ImageInfo, array: np.ndarray) -> GeoArray:
     """An .npy member's georeferencing lives in the JSON: the common grid or its group's grid."""
-    grid = meta["grid"] if info.group is None else meta["grids"][info.group]
+    grid = info.entry.get("grid") or (
+        meta["grid"] if info.group is None else meta["grids"][info.group]
+    )
     transform = Affine(*grid["transform"][:6])
     return GeoArray(array, grid["crs"], transform, _nodata(info.entry.get("nodata")), info.bands)
 

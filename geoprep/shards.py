@@ -220,11 +220,12 @@ def redact(text: str) -> str:
 def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
     """The `{key}.json` document: the sample's meta plus its grid(s) and one entry per image."""
     grids: dict[str | None, dict[str, Any]] = {}
+    shared = True  # do all images of each group share one grid? (fMoW sequences do not)
     entries = []
     for image in sample.images:
         if grids.setdefault(image.group, image.grid) != image.grid:
-            raise ValueError(f"sample {sample.key}: images of group {image.group} differ in grid")
-        clash = {"member", "sensor", "slot", "group", "bands", "dtype", "shape"} & set(
+            shared = False
+        clash = {"member", "sensor", "slot", "group", "bands", "dtype", "shape", "grid"} & set(
             image.provenance
         )
         if clash:
@@ -245,15 +246,18 @@ def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
                 "shape": list(image.shape),
                 # JSON has no NaN; the reader turns "nan" back into a float
                 "nodata": "nan" if is_nan else nodata,
+                # every image states its own grid; the shared grid(s) below repeat it for
+                # readers that want one grid per sample or per resolution group
+                "grid": image.grid,
                 **provenance,
             }
         )
     doc: dict[str, Any] = {"id": sample.key, **sample.meta}
     if None in grids and len(grids) > 1:
         raise ValueError(f"sample {sample.key}: mixes common (group None) and native images")
-    if None in grids:
+    if shared and None in grids:
         doc["grid"] = grids[None]
-    elif grids:
+    elif shared and grids:
         doc["grids"] = grids
     doc["images"] = entries
     return doc
