@@ -251,12 +251,12 @@ def _cmd_demo_world(args: argparse.Namespace) -> int:
         return 0
     if len(words) != 1:
         raise UserError(f"expected one world directory, got {words}")
-    from geoprep.demo.world import build_world
-
     out = Path(words[0])
     if (out / "world.json").exists() and not args.force:
         console.print(f"{out} already holds a demo world (use --force to rebuild)")
         return 0
+    from geoprep.demo.world import build_world
+
     started = time.perf_counter()
     with progress_bar("demo world") as bar:
         build_world(out, seed=args.seed, scale=args.scale, progress=bar)
