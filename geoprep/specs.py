@@ -59,6 +59,11 @@ class SensorSpec(_Spec):
         False, description="apply raster:bands scale/offset (float32) instead of recording them"
     )
     filter: dict | None = Field(None, description="extra CQL2-JSON filter for the search")
+    fallback_for: str | None = Field(
+        None,
+        description="read this sensor only where the named sensor has no usable scene "
+        "(e.g. Sentinel-2 where NAIP does not reach)",
+    )
 
 
 class SingleTime(_Spec):
@@ -154,6 +159,11 @@ class ImagerySpec(_Spec):
                 raise ValueError(
                     f"sensors.{name}.catalog is {sensor.catalog!r}; expected one of "
                     f"{sorted(self.catalogs)}"
+                )
+            if sensor.fallback_for is not None and sensor.fallback_for not in self.sensors:
+                raise ValueError(
+                    f"sensors.{name}.fallback_for is {sensor.fallback_for!r}; expected one of "
+                    f"{sorted(self.sensors)}"
                 )
             # names become member suffixes: WebDataset splits keys at dots and lower-cases suffixes
             if not re.fullmatch(r"[a-z0-9_-]+", name):
