@@ -37,6 +37,8 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            # mkstemp creates 0600; give the file the mode a plain open() would
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -44,6 +46,12 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         return
     fs, path = fsspec.core.url_to_fs(url)
     fs.pipe_file(path, data)  # object stores publish a put whole or not at all
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_bytes(url: str) -> bytes:
