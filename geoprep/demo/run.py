@@ -99,8 +99,25 @@ def run_demo(out: Path, seed: int = 0, scale: str = "small", workers: int = 2) -
             failed = sum(built.failures.values())
             detail = f"{built.samples} samples in {built.shards} shards; {failed} failed"
             results.append(StageResult(name, "build", target, detail, built.seconds))
+    for name in BUILD_RECIPES:
+        results.append(inspect_stage(name, out / name))
     print_summary(results)
+    reports = [r.out for r in results if r.stage == "inspect"]
+    console.print("reports: " + ", ".join(str(path / "report.html") for path in reports))
     return results
+
+
+def inspect_stage(name: str, dataset: Path) -> StageResult:
+    """Check a built demo dataset and draw its report into DATASET/report."""
+    from geoprep.inspect import inspect_dataset
+
+    started = time.perf_counter()
+    report = dataset / "report"
+    with progress_bar(f"inspect {name}") as bar:
+        result = inspect_dataset([str(dataset)], str(report), bar)
+    verdict = "clean" if result.clean else f"{len(result.problems)} problems"
+    detail = f"{verdict}; stats.json and report.html"
+    return StageResult(name, "inspect", report, detail, time.perf_counter() - started)
 
 
 @contextmanager
