@@ -12,7 +12,7 @@ install: $(STAMP)
 # Re-install whenever pyproject.toml changes; the stamp is written only after pip succeeded.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $(STAMP)
 
 lint: $(STAMP)

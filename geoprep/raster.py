@@ -18,7 +18,6 @@ import numpy as np
 import rasterio
 import rasterio.env
 import rasterio.warp
-from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling as RasterioResampling
 from rasterio.errors import RasterioError
@@ -376,12 +375,11 @@ def _warp(
     r1 = min(math.ceil(max(rows)) + margin, src.height)
     if c1 <= c0 or r1 <= r0:  # the grid lies outside the source footprint
         return Patch(out, fill, level)
-    data = src.read(window=Window(c0, r0, c1 - c0, r1 - r0))
+    # GDAL reads the blocks under the grid itself (through the block cache), which saves a
+    # window read and an in-memory source dataset per call.
     rasterio.warp.reproject(
-        source=data,
+        source=rasterio.band(src, list(range(1, src.count + 1))),
         destination=out,
-        src_transform=src.transform @ Affine.translation(c0, r0),
-        src_crs=src.crs,
         src_nodata=fill,
         dst_transform=grid.transform,
         dst_crs=_crs(grid.crs),
