@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -22,7 +24,14 @@ from geoprep.patches import LocationFailed, PatchBuilder, location_slots
 from geoprep.plan import PLAN_FILE, plan, read_locations
 from geoprep.raster import DatasetCache
 from geoprep.recipe import Recipe
-from geoprep.shards import ShardStats, ShardWriter, clean_partial, done_shards, write_manifest
+from geoprep.shards import (
+    ShardStats,
+    ShardWriter,
+    clean_partial,
+    done_shards,
+    redact,
+    write_manifest,
+)
 from geoprep.storage import join, makedirs, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -98,7 +107,8 @@ def build_shard(task: ShardTask) -> ShardStats:
         except LocationFailed as failure:
             return failure
         except Exception as error:  # one broken location must not stop the shard
-            log.debug("location %s failed", row["id"], exc_info=True)
+            # redacted: messages of lower layers may quote signed URLs
+            log.debug("location %s failed:\n%s", row["id"], redact(traceback.format_exc()))
             return LocationFailed("error", f"{type(error).__name__}: {error}")
 
     with ThreadPoolExecutor(max(1, task.io_threads)) as pool:
@@ -171,21 +181,35 @@ def _plain(value: Any) -> Any:
 
 
 def check_output(recipe: Recipe, out: str) -> None:
-    """Refuse to resume into a directory built from another recipe: shards would mix."""
+    """Refuse to resume into a directory built from another recipe: shards would mix.
+
+    Until a shard is committed there is nothing to mix, so a recipe fixed after a failed first
+    attempt (a typo in a catalog URL, say) may take over the directory.
+    """
     path = join(out, BUILD_RECIPE_FILE)
     try:
         previous = yaml.safe_load(read_bytes(path))
     except FileNotFoundError:
-        makedirs(out)
-        write_bytes_atomic(
-            path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).encode()
-        )
+        previous = None
+    if previous is not None and _digest_of(previous) == recipe.digest():
         return
-    if Recipe.model_validate(previous).digest() != recipe.digest():
+    if previous is not None and done_shards(out):
         raise UserError(
             f"{out} holds a build of another recipe ({path} differs); choose a new output "
             "directory or delete it"
         )
+    makedirs(out)
+    write_bytes_atomic(
+        path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).encode()
+    )
+
+
+def _digest_of(document: Any) -> str | None:
+    """The digest of a recipe written by an earlier build; None if it no longer validates."""
+    try:
+        return Recipe.model_validate(document).digest()
+    except ValueError:  # pydantic's ValidationError, e.g. a recipe of an older version
+        return None
 
 
 def build(
@@ -242,10 +266,15 @@ def _run(tasks: list[ShardTask], workers: int, dask_address: str | None) -> Iter
 
         # spawn, not fork: GDAL, threads and open HTTP sessions do not survive a fork
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
             futures = [pool.submit(build_shard, task) for task in tasks]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                # report a failed shard (or Ctrl-C) now, not after every queued shard has run
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
 
 def _run_dask(tasks: list[ShardTask], address: str) -> Iterator[ShardStats]:
@@ -258,7 +287,17 @@ def _run_dask(tasks: list[ShardTask], address: str) -> Iterator[ShardStats]:
         client = Client(address, timeout=30)
     except OSError as error:
         raise UserError(f"--dask {address}: cannot reach the scheduler ({error})") from None
+    # Keys name the build, not only the shard: a scheduler shared by several builds would
+    # otherwise hand one build the results of another's tasks of the same key.
+    build_id = hashlib.sha256(
+        f"{tasks[0].out}\0{Recipe.model_validate(tasks[0].recipe).digest()}".encode()
+    )
+    keys = [f"geoprep-shard-{build_id.hexdigest()[:16]}-{t.index}" for t in tasks]
     with client:
-        futures = client.map(build_shard, tasks, key=[f"geoprep-shard-{t.index}" for t in tasks])
-        for future in dask_completed(futures):
-            yield future.result()
+        futures = client.map(build_shard, tasks, key=keys)
+        try:
+            for future in dask_completed(futures):
+                yield future.result()
+        except BaseException:
+            client.cancel(futures)
+            raise

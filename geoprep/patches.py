@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pystac
@@ -43,12 +43,25 @@ class LocationFailed(Exception):
         self.reason, self.detail = reason, detail
 
 
+RejectKind = Literal["cloudy", "nodata", "missing_assets", "read_error"]
+#: A sensor's assets → (target grid, resolution group or None in the common layout).
+AssetGrids = dict[str, tuple[TargetGrid, str | None]]
+
+
 @dataclass
 class SceneRead:
     """The images one scene gave for one sensor and slot, or why it was rejected."""
 
     images: list[ImageRecord]
     rejected: str | None = None
+    kind: RejectKind | None = None
+
+
+def _failure_reason(reads: list[SceneRead]) -> str:
+    """`read_error` when no scene could be read at all (a source problem, not the weather)."""
+    if reads and all(read.kind == "read_error" for read in reads):
+        return "read_error"
+    return "no_clear_scene"
 
 
 def location_rng(seed: int, location_id: str) -> np.random.Generator:
@@ -78,13 +91,17 @@ class PatchBuilder:
         candidates: Mapping[str, list[pystac.Item]],
     ) -> SampleRecord:
         """The sample of one location; raises LocationFailed when it cannot be completed."""
+        if not slots:  # e.g. a timestamps column without a readable date
+            raise LocationFailed("no_dates", "the location has no time slot")
+        grids = self.location_grids(row, candidates)
         images: list[ImageRecord] = []
         if isinstance(self.imagery.time, SingleTime):
-            images = self._coterminous(row, slots[0], candidates)
+            images = self._coterminous(slots[0], candidates, grids)
         else:
             for slot in slots:
                 for sensor in self.imagery.sensors:
-                    images += self._first_clear(row, sensor, slot, candidates.get(sensor, []))
+                    found = candidates.get(sensor, [])
+                    images += self._first_clear(sensor, slot, found, grids[sensor])
         meta = {
             "id": str(row["id"]),
             "lat": float(row["lat"]),
@@ -99,23 +116,28 @@ class PatchBuilder:
         }
         return SampleRecord(key=str(row["id"]), meta=meta, images=images)
 
-    def _first_clear(self, row, sensor: str, slot: Slot, items: list[pystac.Item]):
+    def _first_clear(
+        self, sensor: str, slot: Slot, items: list[pystac.Item], grids: AssetGrids
+    ) -> list[ImageRecord]:
         spec = self.imagery.sensors[sensor]
         ranked = rank(slot, items)[: spec.max_candidates]
         if not ranked:
             raise LocationFailed("no_scene", f"{sensor} {slot.name}: no scene in the window")
-        reasons = []
+        reads = []
         for item in ranked:
-            read = self.read_scene(row, sensor, slot, item)
+            read = self.read_scene(sensor, slot, item, grids)
             if read.rejected is None:
                 return read.images
-            reasons.append(read.rejected)
+            reads.append(read)
         raise LocationFailed(
-            "no_clear_scene",
-            f"{sensor} {slot.name}: {len(ranked)} scenes tried ({', '.join(reasons)})",
+            _failure_reason(reads),
+            f"{sensor} {slot.name}: {len(ranked)} scenes tried "
+            f"({', '.join(read.rejected for read in reads)})",
         )
 
-    def _coterminous(self, row, slot: Slot, candidates) -> list[ImageRecord]:
+    def _coterminous(
+        self, slot: Slot, candidates: Mapping[str, list[pystac.Item]], grids: dict[str, AssetGrids]
+    ) -> list[ImageRecord]:
         ranked = {
             sensor: rank(slot, candidates.get(sensor, []))[: spec.max_candidates]
             for sensor, spec in self.imagery.sensors.items()
@@ -132,7 +154,7 @@ class PatchBuilder:
             for sensor, item in combination.items():
                 key = (sensor, item.id)
                 if key not in reads:
-                    reads[key] = self.read_scene(row, sensor, slot, item)
+                    reads[key] = self.read_scene(sensor, slot, item, grids[sensor])
                 if reads[key].rejected is not None:
                     rejected.add(key)
                     break
@@ -141,25 +163,36 @@ class PatchBuilder:
                 return images
             if tried > sum(len(v) for v in ranked.values()) * 4:
                 break
+        window = self.imagery.time.window_days
+        if not tried:  # the sensors' scenes are too far apart: nothing was worth reading
+            raise LocationFailed("no_scene", f"no combination of scenes within {window} days")
         raise LocationFailed(
-            "no_clear_scene",
-            f"no combination of clear scenes within {self.imagery.time.window_days} days "
-            f"({len(reads)} scenes read)",
+            _failure_reason([read for read in reads.values() if read.rejected]),
+            f"no combination of clear scenes within {window} days ({len(reads)} scenes read: "
+            f"{', '.join(read.rejected for read in reads.values() if read.rejected)})",
         )
 
     # ------------------------------------------------------------------ one scene
-    def read_scene(self, row, sensor: str, slot: Slot, item: pystac.Item) -> SceneRead:
-        """Read every asset of `sensor` from `item` onto the location's grid(s) and check them."""
+    def read_scene(
+        self, sensor: str, slot: Slot, item: pystac.Item, grids: AssetGrids
+    ) -> SceneRead:
+        """Read every asset of `sensor` from `item` onto the location's grid(s) and check them.
+
+        `grids` holds the grid of each asset (`location_grids`); an asset without one (e.g. a
+        mask that the location's other candidates lack) is not read.
+        """
         spec = self.imagery.sensors[sensor]
-        missing = [a for a in spec.assets if a not in item.assets]
+        missing = [a for a in spec.assets if a not in item.assets or a not in grids]
         if missing:
-            return SceneRead([], f"{item.id} lacks assets {missing}")
-        signed = self.catalogs[spec.catalog].sign(item)
-        mask_asset = spec.mask_asset or DEFAULT_MASK_ASSETS.get(spec.collection)
-        if mask_asset is not None and mask_asset not in item.assets:
+            return SceneRead([], f"{item.id} lacks assets {missing}", "missing_assets")
+        try:
+            signed = self.catalogs[spec.catalog].sign(item)
+        except SourceError as error:
+            return SceneRead([], str(error), "read_error")
+        mask_asset = self.mask_asset(spec)
+        if mask_asset is not None and (mask_asset not in item.assets or mask_asset not in grids):
             mask_asset = None
         wanted = list(dict.fromkeys([*spec.assets, *([mask_asset] if mask_asset else [])]))
-        grids = self.grids_for(row, spec, item, wanted)
 
         arrays: dict[str, np.ndarray] = {}
         nodatas: dict[str, float | None] = {}
@@ -173,7 +206,7 @@ class PatchBuilder:
                     cache=self.cache,
                 )
             except SourceError as error:
-                return SceneRead([], f"{item.id}: {error}")
+                return SceneRead([], f"{item.id}: {error}", "read_error")
             arrays[asset], nodatas[asset] = patch.array, patch.nodata
 
         clouds = 0.0
@@ -183,9 +216,9 @@ class PatchBuilder:
             [arrays[a] for a in spec.assets], [nodatas[a] for a in spec.assets]
         )
         if clouds > spec.max_patch_cloud:
-            return SceneRead([], f"{item.id} cloudy ({clouds:.0%})")
+            return SceneRead([], f"{item.id} cloudy ({clouds:.0%})", "cloudy")
         if missing_share > spec.max_patch_nodata:
-            return SceneRead([], f"{item.id} nodata ({missing_share:.0%})")
+            return SceneRead([], f"{item.id} nodata ({missing_share:.0%})", "nodata")
 
         harmonized = False
         baseline = item.properties.get("s2:processing_baseline")
@@ -216,19 +249,54 @@ class PatchBuilder:
             self._records(sensor, slot, spec, grids, arrays, nodatas, scales, provenance)
         )
 
-    def grids_for(
-        self, row, spec: SensorSpec, item, assets: list[str]
-    ) -> dict[str, tuple[TargetGrid, str | None]]:
-        """Each asset's target grid and resolution-group name (None in the common layout)."""
+    def mask_asset(self, spec: SensorSpec) -> str | None:
+        return spec.mask_asset or DEFAULT_MASK_ASSETS.get(spec.collection)
+
+    def location_grids(
+        self, row: Mapping[str, Any], candidates: Mapping[str, list[pystac.Item]]
+    ) -> dict[str, AssetGrids]:
+        """Per sensor, each asset's target grid and resolution group (None: common layout).
+
+        In the native layout the groups are laid out once for all sensors together, from the
+        native gsds of their assets (taken from the first candidate that has each asset): a
+        group such as "10m" then has one grid whichever sensor fills it (Sentinel-1's 10 m
+        must share Sentinel-2's corner, which snaps to 60 m), as the sample's `grids` require.
+        """
         grid_spec = self.imagery.grid
         lat, lon = float(row["lat"]), float(row["lon"])
+        wanted = {
+            sensor: list(dict.fromkeys([*spec.assets, *filter(None, [self.mask_asset(spec)])]))
+            for sensor, spec in self.imagery.sensors.items()
+        }
         if grid_spec.layout == "common":
             grid = TargetGrid.around(lat, lon, grid_spec.gsd, grid_spec.size)
-            return dict.fromkeys(assets, (grid, None))
-        gsds = {a: asset_gsd(item, a, cache=self.cache) for a in assets}
-        grids: dict[str, tuple[TargetGrid, str | None]] = {}
-        for name, (grid, members) in native_groups(grid_spec, gsds, lat, lon).items():
-            grids.update(dict.fromkeys(members, (grid, name)))
+            return {
+                sensor: dict.fromkeys(assets, (grid, None)) for sensor, assets in wanted.items()
+            }
+        gsds: dict[tuple[str, str], float] = {}
+        signed: dict[tuple[str, str], pystac.Item] = {}
+        for sensor, assets in wanted.items():
+            spec = self.imagery.sensors[sensor]
+            for asset in assets:
+                item = next((i for i in candidates.get(sensor, []) if asset in i.assets), None)
+                if item is None:
+                    continue
+                try:
+                    # signed: without a resolution in the metadata the file header is read
+                    key = (sensor, item.id)
+                    if key not in signed:
+                        signed[key] = self.catalogs[spec.catalog].sign(item)
+                    gsds[sensor, asset] = asset_gsd(signed[key], asset, cache=self.cache)
+                except SourceError as error:
+                    raise LocationFailed("read_error", f"{item.id}: {error}") from None
+        grids: dict[str, AssetGrids] = {sensor: {} for sensor in wanted}
+        if not gsds:
+            return grids
+        keyed = {f"{sensor}/{asset}": gsd for (sensor, asset), gsd in gsds.items()}
+        for name, (grid, members) in native_groups(grid_spec, keyed, lat, lon).items():
+            for member in members:
+                sensor, _, asset = member.partition("/")
+                grids[sensor][asset] = (grid, name)
         return grids
 
     def _records(self, sensor, slot, spec, grids, arrays, nodatas, scales, provenance):
