@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sklearn.cluster import KMeans
 
 from geoprep.samplers.geometry import unit_xyz, xyz_to_latlon
 
@@ -47,6 +46,8 @@ def geo_clusters(
     K-means runs on unit-sphere xyz, so a cluster may straddle the antimeridian; centres are
     projected back onto the sphere.
     """
+    from sklearn.cluster import KMeans  # imported here: build workers never cluster
+
     xyz = unit_xyz(lat, lon)
     k = min(config.k, len(xyz))
     if k == 0:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import tarfile
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -327,18 +328,27 @@ class _HashingFile:
 class _Part:
     def __init__(self, index: int, tmp_dir: str | None, shard_hash: Any) -> None:
         fd, self.tmp = tempfile.mkstemp(prefix=f".{index:05d}-", suffix=".tar.tmp", dir=tmp_dir)
+        os.chmod(self.tmp, 0o644)  # mkstemp creates 0600; shards are meant to be shared
         self.handle = os.fdopen(fd, "wb")
         self.file = _HashingFile(self.handle, shard_hash)
-        import webdataset  # imports torch (seconds): only when a shard is actually written
-
-        self.tar = webdataset.TarWriter(
-            self.file, encoder=False, user=TAR_OWNER, group=TAR_OWNER, mode=0o644, mtime=TAR_MTIME
-        )
+        # A plain tar stream in WebDataset's layout (stdlib tarfile: webdataset's own writer
+        # would import torch into every build worker for nothing).
+        self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
         self.nsamples = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """One sample's members, contiguous and in a fixed order, with fixed owner and time."""
+        for suffix in sorted(members):
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size = len(members[suffix])
+            info.mtime = TAR_MTIME
+            info.mode = 0o644
+            info.uname = info.gname = TAR_OWNER
+            self.tar.addfile(info, io.BytesIO(members[suffix]))
 
     @property
     def offset(self) -> int:
-        return self.tar.tarstream.offset
+        return self.tar.offset
 
     def finish(self) -> None:
         if self.handle.closed:
@@ -422,7 +432,7 @@ class ShardWriter:
                     self._parts[-1].finish()
                 self._parts.append(_Part(self.index, self._tmp_dir, self._shard_hash))
             part = self._parts[-1]
-            part.tar.write({"__key__": sample.key, **members})
+            part.write(sample.key, members)
             part.nsamples += 1
         except BaseException:
             self.abort()

@@ -115,6 +115,15 @@ def test_nested_sections_report_clean_paths(tmp_path: Path, overrides, expected)
     assert expected in str(info.value)
 
 
+def test_digest_ignores_how_sources_are_reached(tmp_path: Path) -> None:
+    path = write(tmp_path, IMAGERY)
+    base = load_recipe(path)
+    moved = load_recipe(path, ["imagery.catalogs.pc.url=http://127.0.0.1:2/api/stac/v1"])
+    assert moved.digest() == base.digest()
+    assert load_recipe(path, ["imagery.grid.size=64"]).digest() != base.digest()
+    assert load_recipe(path, ["imagery.sensors.s2.assets=[B02]"]).digest() != base.digest()
+
+
 def test_imagery_section_validates(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, IMAGERY))
     assert recipe.imagery.time.mode == "seasonal" and recipe.imagery.grid.size == 128
