@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from geoprep.catalogs import Catalog, open_catalog
+from geoprep.audio import AudioMaker
+from geoprep.catalogs import open_catalog
 from geoprep.errors import UserError
+from geoprep.fmow_images import FmowImageReader, category_table
 from geoprep.patches import LocationFailed, PatchBuilder, location_slots
 from geoprep.plan import PLAN_FILE, plan, read_locations
 from geoprep.raster import DatasetCache
@@ -69,24 +71,42 @@ class BuildSummary:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _worker_tools(recipe: Recipe) -> tuple[dict[str, Catalog], DatasetCache]:
-    """Catalogs and the dataset cache live once per worker process and are reused across shards."""
-    key = recipe.digest()
+def _worker_builder(recipe: Recipe) -> PatchBuilder:
+    """Catalogs, the dataset cache, HTTP sessions and readers live once per worker process and
+    are reused across its shards."""
+    key = recipe.model_dump_json()
     if _WORKER_STATE.get("key") != key:
-        catalogs = {name: open_catalog(spec) for name, spec in recipe.imagery.catalogs.items()}
-        _WORKER_STATE.update(key=key, catalogs=catalogs, cache=DatasetCache())
-    return _WORKER_STATE["catalogs"], _WORKER_STATE["cache"]
+        if _WORKER_STATE.get("audio") is not None:
+            _WORKER_STATE["audio"].close()
+        imagery = recipe.imagery
+        catalogs = {n: open_catalog(s) for n, s in imagery.catalogs.items()} if imagery else {}
+        audio = AudioMaker(recipe.audio, recipe.seed) if recipe.audio is not None else None
+        fmow = None
+        if recipe.fmow_images is not None:
+            fmow = FmowImageReader(recipe.fmow_images, fmow_root(recipe))
+        builder = PatchBuilder(recipe, catalogs, DatasetCache(), audio, fmow)
+        _WORKER_STATE.update(key=key, builder=builder, audio=audio)
+    return _WORKER_STATE["builder"]
+
+
+def fmow_root(recipe: Recipe) -> str:
+    root = recipe.fmow_images.root or getattr(recipe.sampler, "root", None)
+    if root is None:
+        raise UserError("fmow_images.root is required unless the sampler is fmow (its root)")
+    return str(root)
 
 
 def build_shard(task: ShardTask) -> ShardStats:
     """Build, write and commit one shard; failures of single locations are recorded, not raised."""
     started = time.perf_counter()
     recipe = Recipe.model_validate(task.recipe)
-    catalogs, cache = _worker_tools(recipe)
-    builder = PatchBuilder(recipe, catalogs, cache)
+    builder = _worker_builder(recipe)
     rows = task.rows
-    slots = {row["id"]: location_slots(recipe, row) for row in rows}
-    candidates = _find_candidates(recipe, catalogs, rows, slots)
+    slots: dict[str, list] = {row["id"]: [] for row in rows}
+    candidates: dict[str, dict[str, list]] = {}
+    if recipe.imagery is not None:
+        slots = {row["id"]: location_slots(recipe, row) for row in rows}
+        candidates = _find_candidates(recipe, builder.catalogs, rows, slots)
 
     # Work in order of the first candidate scene so neighbouring locations share open datasets
     # and cached blocks; the shard is still written in plan order.
@@ -222,8 +242,10 @@ def build(
     on_start: Callable[[int, int], None] | None = None,
 ) -> BuildSummary:
     """Build every shard that is not done yet; the same recipe always gives the same shards."""
-    if recipe.imagery is None:
-        raise UserError("the recipe has no imagery section: nothing to build (see README)")
+    if recipe.imagery is None and recipe.audio is None and recipe.fmow_images is None:
+        raise UserError(
+            "the recipe has no imagery, audio or fmow_images section: nothing to build (see README)"
+        )
     started = time.perf_counter()
     check_output(recipe, out)
     locations = ensure_plan(recipe, out)
@@ -241,6 +263,10 @@ def build(
         failures.update(stats.failures)
         if on_shard:
             on_shard(stats)
+    if recipe.fmow_images is not None:
+        # labels are indices into the 62 fMoW categories: the table travels with the data
+        table = json.dumps(category_table(), indent=1).encode()
+        write_bytes_atomic(join(out, "categories.json"), table)
     write_manifest(out, recipe.model_dump(mode="json"), recipe.digest(), len(tasks))
     return BuildSummary(
         out=out,

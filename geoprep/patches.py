@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pystac
@@ -31,6 +31,10 @@ from geoprep.recipe import Recipe
 from geoprep.scenes import Slot, coterminous, item_datetime, rank, slots_for
 from geoprep.shards import ImageRecord, SampleRecord
 from geoprep.specs import SensorSpec, SingleTime
+
+if TYPE_CHECKING:  # they import LocationFailed from here
+    from geoprep.audio import AudioMaker
+    from geoprep.fmow_images import FmowImageReader
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +81,17 @@ def location_slots(recipe: Recipe, row: Mapping[str, Any]) -> list[Slot]:
 class PatchBuilder:
     """Builds samples for locations of one recipe; safe to share between I/O threads."""
 
-    def __init__(self, recipe: Recipe, catalogs: Mapping[str, Catalog], cache: DatasetCache):
-        if recipe.imagery is None:
-            raise ValueError("the recipe has no imagery section")
+    def __init__(
+        self,
+        recipe: Recipe,
+        catalogs: Mapping[str, Catalog],
+        cache: DatasetCache,
+        audio: AudioMaker | None = None,
+        fmow: FmowImageReader | None = None,
+    ):
         self.recipe, self.imagery = recipe, recipe.imagery
         self.catalogs, self.cache = catalogs, cache
+        self.audio, self.fmow = audio, fmow
 
     # ------------------------------------------------------------------ a whole sample
     def build(
@@ -91,17 +101,16 @@ class PatchBuilder:
         candidates: Mapping[str, list[pystac.Item]],
     ) -> SampleRecord:
         """The sample of one location; raises LocationFailed when it cannot be completed."""
-        if not slots:  # e.g. a timestamps column without a readable date
-            raise LocationFailed("no_dates", "the location has no time slot")
-        grids = self.location_grids(row, candidates)
-        images: list[ImageRecord] = []
-        if isinstance(self.imagery.time, SingleTime):
-            images = self._coterminous(slots[0], candidates, grids)
-        else:
-            for slot in slots:
-                for sensor in self.imagery.sensors:
-                    found = candidates.get(sensor, [])
-                    images += self._first_clear(sensor, slot, found, grids[sensor])
+        images = self._imagery(row, slots, candidates) if self.imagery is not None else []
+        slot_meta = {slot.name: slot.to_json() for slot in slots}
+        if self.fmow is not None:
+            from geoprep.fmow_images import slot_entries
+
+            sequence = self.fmow.images(row)
+            images += sequence
+            for name, entry in slot_entries(sequence).items():
+                slot_meta.setdefault(name, entry)
+        extras: dict[str, bytes] = {}
         meta = {
             "id": str(row["id"]),
             "lat": float(row["lat"]),
@@ -110,11 +119,42 @@ class PatchBuilder:
             "cluster": int(row["cluster"]),
             "split": row["split"],
             "source": row.get("source"),
-            "slots": {slot.name: slot.to_json() for slot in slots},
+            "slots": slot_meta,
             "recipe_digest": self.recipe.digest(),
             "location": {k: v for k, v in row.items() if k not in _META_COLUMNS},
         }
-        return SampleRecord(key=str(row["id"]), meta=meta, images=images)
+        if self.audio is not None:
+            extras, meta["audio"] = self.audio.make(row)
+        return SampleRecord(key=str(row["id"]), meta=meta, images=images, extras=extras)
+
+    def _imagery(self, row, slots: list[Slot], candidates) -> list[ImageRecord]:
+        if not slots:  # e.g. a timestamps column without a readable date
+            raise LocationFailed("no_dates", "the location has no time slot")
+        sensors = self.active_sensors(candidates)
+        grids = self.location_grids(row, candidates)
+        if isinstance(self.imagery.time, SingleTime):
+            return self._coterminous(slots[0], candidates, grids, sensors)
+        images: list[ImageRecord] = []
+        for slot in slots:
+            for sensor in sensors:
+                found = candidates.get(sensor, [])
+                images += self._first_clear(sensor, slot, found, grids[sensor])
+        return images
+
+    def active_sensors(self, candidates: Mapping[str, list[pystac.Item]]) -> list[str]:
+        """The sensors this location uses: a `fallback_for` sensor replaces the sensor it backs
+        up where that one has no scene over the location (NAIP outside the US, say)."""
+        sensors = self.imagery.sensors
+        covered = {name for name in sensors if candidates.get(name)}
+        chosen = []
+        for name, spec in sensors.items():
+            backed = [other for other, s in sensors.items() if s.fallback_for == name]
+            if spec.fallback_for is not None:
+                if spec.fallback_for not in covered:
+                    chosen.append(name)
+            elif name in covered or not backed:
+                chosen.append(name)
+        return chosen
 
     def _first_clear(
         self, sensor: str, slot: Slot, items: list[pystac.Item], grids: AssetGrids
@@ -136,11 +176,17 @@ class PatchBuilder:
         )
 
     def _coterminous(
-        self, slot: Slot, candidates: Mapping[str, list[pystac.Item]], grids: dict[str, AssetGrids]
+        self,
+        slot: Slot,
+        candidates: Mapping[str, list[pystac.Item]],
+        grids: dict[str, AssetGrids],
+        sensors: list[str],
     ) -> list[ImageRecord]:
         ranked = {
-            sensor: rank(slot, candidates.get(sensor, []))[: spec.max_candidates]
-            for sensor, spec in self.imagery.sensors.items()
+            sensor: rank(slot, candidates.get(sensor, []))[
+                : self.imagery.sensors[sensor].max_candidates
+            ]
+            for sensor in sensors
         }
         empty = [s for s, items in ranked.items() if not items]
         if empty:

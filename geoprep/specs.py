@@ -61,8 +61,8 @@ class SensorSpec(_Spec):
     filter: dict | None = Field(None, description="extra CQL2-JSON filter for the search")
     fallback_for: str | None = Field(
         None,
-        description="read this sensor only where the named sensor has no usable scene "
-        "(e.g. Sentinel-2 where NAIP does not reach)",
+        description="read this sensor instead of the named one where that one has no scene "
+        "over the location (e.g. Sentinel-2 where NAIP does not reach)",
     )
 
 

@@ -19,8 +19,8 @@ from geoprep.progress import console, progress_bar
 log = logging.getLogger(__name__)
 
 #: The demo recipes the demo plans, then those it builds, in order.
-PLAN_RECIPES = ("urban", "osm-csf12", "aporee", "fmow")
-BUILD_RECIPES = ("csf", "caco", "csf-osm-eval")
+PLAN_RECIPES = ("urban", "osm-csf12")
+BUILD_RECIPES = ("csf", "caco", "csf-osm-eval", "aporee", "fmow")
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 
 
@@ -63,10 +63,14 @@ def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]
             f"sampler.bboxes={json.dumps(bboxes)}",
         ]
     if name == "aporee":
-        overrides += [f"sampler.proxy={services.archive_proxy_url}", "sampler.secure=false"]
+        overrides += [
+            f"sampler.proxy={services.archive_proxy_url}",
+            "sampler.secure=false",
+            f"audio.proxy={services.archive_proxy_url}",
+        ]
     if name == "fmow":
         overrides += [f"sampler.root={world / 'fmow' / 'fMoW-rgb'}"]
-    if name in BUILD_RECIPES:
+    if name in ("csf", "caco", "csf-osm-eval", "aporee"):  # the recipes with imagery
         overrides += [f"imagery.catalogs.pc.url={services.stac_url}"]
     return overrides
 
