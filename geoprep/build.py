@@ -211,17 +211,19 @@ def check_output(recipe: Recipe, out: str) -> None:
         previous = yaml.safe_load(read_bytes(path))
     except FileNotFoundError:
         previous = None
-    if previous is not None and _digest_of(previous) == recipe.digest():
+    current = recipe.model_dump(mode="json")
+    if previous == current:
         return
-    if previous is not None and done_shards(out):
+    # the same data reached another way (a moved server, a mirror) resumes; the file records
+    # how this run reached the sources
+    same_data = previous is not None and _digest_of(previous) == recipe.digest()
+    if previous is not None and not same_data and done_shards(out):
         raise UserError(
             f"{out} holds a build of another recipe ({path} differs); choose a new output "
             "directory or delete it"
         )
     makedirs(out)
-    write_bytes_atomic(
-        path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).encode()
-    )
+    write_bytes_atomic(path, yaml.safe_dump(current, sort_keys=False).encode())
 
 
 def _digest_of(document: Any) -> str | None:
