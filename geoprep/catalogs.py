@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import cql2
 import fsspec
@@ -42,6 +42,7 @@ from urllib3.util.retry import Retry
 
 from geoprep.errors import SourceError, UserError
 from geoprep.scenes import item_datetime
+from geoprep.signing import unsigned_href as unsigned_href
 from geoprep.specs import CatalogSpec
 from geoprep.storage import is_local, local_path
 
@@ -62,25 +63,6 @@ KNOWN_CLOUD_COVER: dict[str, bool] = {
     "sentinel-1-rtc": False,
     "sentinel-1-grd": False,
 }
-
-#: Query keys of an Azure shared access signature (service and account SAS, response overrides).
-SAS_QUERY_KEYS = frozenset(
-    "st se sp sv sr sig spr sip si sdd ss srt skoid sktid skt ske sks skv saoid suoid scid ses "
-    "rscc rscd rsce rscl rsct".split()
-)
-
-
-def unsigned_href(href: str) -> str:
-    """`href` without its SAS token, for provenance; other query parameters are kept as sent."""
-    parts = urlsplit(href)
-    if not parts.query:
-        return href
-    kept = [
-        pair
-        for pair in parts.query.split("&")
-        if unquote(pair.partition("=")[0]) not in SAS_QUERY_KEYS
-    ]
-    return urlunsplit(parts._replace(query="&".join(kept)))
 
 
 def utc_time(value: dt.date | dt.datetime | str, end_of_day: bool = False) -> dt.datetime:
@@ -129,17 +111,23 @@ def _checked_filter(extra_filter: Mapping[str, Any] | None) -> dict[str, Any] | 
     return dict(extra_filter)
 
 
+def _footprints(times: Any, clouds: Any, item_ids: Any, geometry: Any) -> gpd.GeoDataFrame:
+    """The footprint table `match_footprints` takes: time (UTC), cloud (float), item_id."""
+    return gpd.GeoDataFrame(
+        {"time": pd.to_datetime(times, utc=True), "cloud": clouds, "item_id": item_ids},
+        geometry=geometry,
+        crs=4326,
+    )
+
+
 def _footprint_frame(items: Sequence[pystac.Item]) -> gpd.GeoDataFrame:
     """One row per item: geometry, time, cloud (NaN where absent), item_id; row = position."""
     clouds = [item.properties.get(CLOUD_KEY) for item in items]
-    return gpd.GeoDataFrame(
-        {
-            "time": pd.to_datetime([item_datetime(item) for item in items], utc=True),
-            "cloud": np.array([np.nan if c is None else float(c) for c in clouds], dtype=float),
-            "item_id": [item.id for item in items],
-        },
-        geometry=[shape(item.geometry) if item.geometry else None for item in items],
-        crs=4326,
+    return _footprints(
+        [item_datetime(item) for item in items],
+        np.array([np.nan if c is None else float(c) for c in clouds], dtype=float),
+        [item.id for item in items],
+        [shape(item.geometry) if item.geometry else None for item in items],
     )
 
 
@@ -531,14 +519,11 @@ class GeoParquetCatalog(Catalog):
             if CLOUD_KEY in columns
             else pd.Series(np.nan, range(len(slim)))
         )
-        footprints = gpd.GeoDataFrame(
-            {
-                "time": pd.to_datetime(slim["datetime"].to_pandas(), utc=True),
-                "cloud": pd.to_numeric(cloud, errors="coerce").to_numpy(dtype=float),
-                "item_id": slim["id"].to_pandas().to_numpy(),
-            },
-            geometry=shapely.from_wkb(slim["geometry"].to_numpy(zero_copy_only=False)),
-            crs=4326,
+        footprints = _footprints(
+            slim["datetime"].to_pandas(),
+            pd.to_numeric(cloud, errors="coerce").to_numpy(dtype=float),
+            slim["id"].to_pandas().to_numpy(),
+            shapely.from_wkb(slim["geometry"].to_numpy(zero_copy_only=False)),
         )
         log.debug("%s: %d rows for %s/%s", key[0], len(footprints), start, end)
         items = table.items if table is not None else {}

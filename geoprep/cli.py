@@ -44,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/recipe.yaml (the validated recipe) and OUT/plan.json (counts; written last).",
         epilog=_EPILOG_SET,
     )
-    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML file, e.g. recipes/urban.yaml")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory or URL")
-    _add_set(p)
+    _add_recipe_args(p, "recipe YAML file, e.g. recipes/urban.yaml", with_out=True)
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=_cmd_plan)
 
@@ -61,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the same shards whatever the worker count.",
         epilog=_EPILOG_SET,
     )
-    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML with an imagery section")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory or URL")
-    _add_set(p)
+    _add_recipe_args(p, "recipe YAML with an imagery section", with_out=True)
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument(
         "--io-threads", type=int, default=8, help="concurrent locations per worker (default 8)"
@@ -112,8 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate RECIPE (with overrides) and print it resolved, with defaults filled.",
         epilog=_EPILOG_SET,
     )
-    p.add_argument("recipe", metavar="RECIPE")
-    _add_set(p)
+    _add_recipe_args(p, None, with_out=False)
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
@@ -130,13 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens, Overpass and archive.org stand-ins), prints the URLs and runs until Ctrl-C.",
     )
     p.add_argument("words", nargs="+", metavar="OUT", help="world directory (or: serve OUT)")
-    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-    p.add_argument(
-        "--scale",
-        choices=("tiny", "small", "full"),
-        default="small",
-        help="world size (default small: about 6 km AOIs, under 3 minutes)",
-    )
+    _add_world_args(p, "world size (default small: about 6 km AOIs, under 3 minutes)")
     p.add_argument("--force", action="store_true", help="rebuild even if OUT holds a world")
     p.set_defaults(func=_cmd_demo_world)
 
@@ -149,13 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
         "summary of what was built and where.",
     )
     p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="default demo-out")
-    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-    p.add_argument("--scale", choices=("tiny", "small", "full"), default="small")
+    _add_world_args(p, None)
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
-def _add_set(parser: argparse.ArgumentParser) -> None:
+def _add_recipe_args(
+    parser: argparse.ArgumentParser, recipe_help: str | None, with_out: bool
+) -> None:
+    """RECIPE, then -o/--out OUT (commands that write), then the repeatable --set overrides."""
+    parser.add_argument("recipe", metavar="RECIPE", help=recipe_help)
+    if with_out:
+        parser.add_argument(
+            "-o", "--out", required=True, metavar="OUT", help="output directory or URL"
+        )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -163,6 +159,14 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY.PATH=VALUE",
         help="override a recipe key (repeatable)",
+    )
+
+
+def _add_world_args(parser: argparse.ArgumentParser, scale_help: str | None) -> None:
+    """The demo world's --seed and --scale."""
+    parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    parser.add_argument(
+        "--scale", choices=("tiny", "small", "full"), default="small", help=scale_help
     )
 
 

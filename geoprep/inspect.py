@@ -128,6 +128,11 @@ class ShardScan:
     stats: StatsCollector = field(default_factory=StatsCollector)
     previews: list[Preview] = field(default_factory=list)
 
+    def count_member(self, member: str, signature: tuple, key: str) -> None:
+        """A member that decoded and checked out: count it and note its variant."""
+        self.variants.setdefault(member, _Variants()).add(signature, self.url, key)
+        self.counts["member"][member] += 1
+
 
 # ---------------------------------------------------------------- reading one tar
 
@@ -325,6 +330,18 @@ def _label(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
+@dataclass
+class _Sample:
+    """One sample under check: its tar's scan, key, JSON, members and the problems found."""
+
+    scan: ShardScan
+    key: str
+    meta: dict[str, Any]
+    members: dict[str, bytes]
+    problems: list[tuple[str, str]]
+    preview: Preview | None
+
+
 class SampleChecker:
     """Checks one sample's members against its JSON and records counts, stats and variants."""
 
@@ -340,12 +357,13 @@ class SampleChecker:
                 preview = Preview(
                     scan.url, key, meta.get("cluster"), meta.get("split"), meta.get("label")
                 )
-            listed = self._images(scan, key, meta, members, problems, preview)
+            sample = _Sample(scan, key, meta, members, problems, preview)
+            listed = self._images(sample)
             # per sample, not per image: native layouts have one image per resolution group
             good = [e for e in meta["images"] if isinstance(e, dict) and e.get("member") in listed]
             scan.counts["sensor"].update({str(e.get("sensor")) for e in good})
             scan.counts["slot"].update({f"{e.get('sensor')}.{e.get('slot')}" for e in good})
-            listed |= self._audio(scan, key, meta, members, problems, preview)
+            listed |= self._audio(sample)
             if preview is not None:
                 from geoprep.report import best_per_slot
 
@@ -403,15 +421,9 @@ class SampleChecker:
 
     # -- images -------------------------------------------------------------------------
 
-    def _images(
-        self,
-        scan: ShardScan,
-        key: str,
-        meta: dict[str, Any],
-        members: dict[str, bytes],
-        problems: list[tuple[str, str]],
-        preview: Preview | None,
-    ) -> set[str]:
+    def _images(self, sample: _Sample) -> set[str]:
+        scan, key, meta, members = sample.scan, sample.key, sample.meta, sample.members
+        problems, preview = sample.problems, sample.preview
         listed: set[str] = set()
         for entry in meta["images"]:
             why = _entry_problem(entry)
@@ -437,9 +449,8 @@ class SampleChecker:
             array = self._image(key, member, entry, grid, members[member], problems)
             if array is None:
                 continue
-            scan.counts["member"][member] += 1
             signature = (entry["dtype"], tuple(entry["shape"]), tuple(entry["bands"]))
-            scan.variants.setdefault(member, _Variants()).add(signature, scan.url, key)
+            scan.count_member(member, signature, key)
             nodata = _nodata(entry.get("nodata"))
             scan.stats.add_image(
                 entry["sensor"],
@@ -525,15 +536,8 @@ class SampleChecker:
 
     # -- audio ---------------------------------------------------------------------------
 
-    def _audio(
-        self,
-        scan: ShardScan,
-        key: str,
-        meta: dict[str, Any],
-        members: dict[str, bytes],
-        problems: list[tuple[str, str]],
-        preview: Preview | None,
-    ) -> set[str]:
+    def _audio(self, sample: _Sample) -> set[str]:
+        key, meta, members, problems = sample.key, sample.meta, sample.members, sample.problems
         declared = isinstance(meta.get("audio"), dict)
         info = meta.get("audio") if declared else {}
         present = {m for m in AUDIO_MEMBERS if m in members}
@@ -541,19 +545,13 @@ class SampleChecker:
             for member in sorted(set(AUDIO_MEMBERS) - present):
                 problems.append(("missing-member", f"{key}.{member} is missing (JSON has audio)"))
         if "audio.flac" in present:
-            self._flac(scan, key, info, members["audio.flac"], problems)
+            self._flac(sample, info, members["audio.flac"])
         if "mel.npy" in present:
-            self._mel(scan, key, info, members["mel.npy"], problems, preview)
+            self._mel(sample, info, members["mel.npy"])
         return present
 
-    def _flac(
-        self,
-        scan: ShardScan,
-        key: str,
-        info: dict[str, Any],
-        data: bytes,
-        problems: list[tuple[str, str]],
-    ) -> None:
+    def _flac(self, sample: _Sample, info: dict[str, Any], data: bytes) -> None:
+        scan, key, problems = sample.scan, sample.key, sample.problems
         try:
             wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except Exception as error:  # libsndfile raises its own errors for garbage
@@ -567,19 +565,10 @@ class SampleChecker:
             problems.append(
                 ("audio-mismatch", f"{key}.audio.flac: {seconds:.3f} s, JSON {wanted_seconds} s")
             )
-        signature = ("flac", rate, wave.shape[1])
-        scan.variants.setdefault("audio.flac", _Variants()).add(signature, scan.url, key)
-        scan.counts["member"]["audio.flac"] += 1
+        scan.count_member("audio.flac", ("flac", rate, wave.shape[1]), key)
 
-    def _mel(
-        self,
-        scan: ShardScan,
-        key: str,
-        info: dict[str, Any],
-        data: bytes,
-        problems: list[tuple[str, str]],
-        preview: Preview | None,
-    ) -> None:
+    def _mel(self, sample: _Sample, info: dict[str, Any], data: bytes) -> None:
+        scan, key, problems, preview = sample.scan, sample.key, sample.problems, sample.preview
         try:
             mel = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as error:  # numpy raises several types for garbage
@@ -598,9 +587,7 @@ class SampleChecker:
             )
             return
         # frames vary with the recording's length: only the mel axis must agree across samples
-        signature = (mel.dtype.name, mel.shape[0])
-        scan.variants.setdefault("mel.npy", _Variants()).add(signature, scan.url, key)
-        scan.counts["member"]["mel.npy"] += 1
+        scan.count_member("mel.npy", (mel.dtype.name, mel.shape[0]), key)
         scan.stats.add_mel(mel)
         if preview is not None:
             preview.mel = mel.astype(np.float32)
@@ -1119,27 +1106,15 @@ def _against_record(scan: ShardScan, record: dict[str, Any] | None) -> list[Prob
     """Compare a tar with what the build wrote in its stats file (only when the tar was read)."""
     if not record or any(p.code in ("unreadable-shard",) for p in scan.problems):
         return []
-    found = []
+    reasons = []
     if record.get("nsamples") is not None and record["nsamples"] != scan.samples:
-        found.append(
-            Problem(
-                scan.url,
-                None,
-                "stats-mismatch",
-                f"{scan.samples} samples read; the build recorded {record['nsamples']}",
-            )
-        )
+        reasons.append(f"{scan.samples} samples read; the build recorded {record['nsamples']}")
     if record.get("sha256") and record["sha256"] != scan.sha256:
-        found.append(
-            Problem(
-                scan.url,
-                None,
-                "stats-mismatch",
-                f"sha256 {scan.sha256[:12]}… ({scan.bytes} bytes) differs from the build's "
-                f"{record['sha256'][:12]}… ({record.get('bytes')} bytes): changed since the build",
-            )
+        reasons.append(
+            f"sha256 {scan.sha256[:12]}… ({scan.bytes} bytes) differs from the build's "
+            f"{record['sha256'][:12]}… ({record.get('bytes')} bytes): changed since the build"
         )
-    return found
+    return [Problem(scan.url, None, "stats-mismatch", reason) for reason in reasons]
 
 
 def _inconsistencies(variants: dict[str, _Variants]) -> list[Problem]:

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import rasterio
@@ -26,6 +25,7 @@ from rasterio.windows import Window
 
 from geoprep.errors import SourceError, UserError
 from geoprep.grid import TargetGrid
+from geoprep.signing import redact, unsigned_href
 from geoprep.specs import Resampling
 
 log = logging.getLogger(__name__)
@@ -61,22 +61,6 @@ def gdal_env(**overrides: Any) -> dict[str, Any]:
     }
     options.update(overrides)
     return options
-
-
-_URL_QUERY = re.compile(r"(?P<url>[a-z][a-z0-9+.-]*://[^\s?'\"]+)\?[^\s'\"]*", re.IGNORECASE)
-
-
-def unsigned_href(href: str) -> str:
-    """The href without its query (SAS token) and fragment; local paths are returned unchanged."""
-    if "://" not in href:
-        return href
-    parts = urlsplit(href)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def redact(text: str) -> str:
-    """`text` with the query string of every URL in it removed (signed URLs carry tokens)."""
-    return _URL_QUERY.sub(lambda match: match.group("url"), text)
 
 
 class _RedactSignedUrls(logging.Filter):

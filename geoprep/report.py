@@ -164,6 +164,14 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _panel_axes(figure: Any, rows: int, columns: int, used: int) -> list[Any]:
+    """The first `used` axes of a rows × columns grid on `figure`; the rest of it is hidden."""
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    return list(axes[:used])
+
+
 def _png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
@@ -278,8 +286,8 @@ def counts_figure(result: InspectResult) -> bytes | None:
     rows = max(1, math.ceil(len(panels) / columns))
     tallest = max(min(len(c), 40) for _, c in panels)
     figure = _figure(13, rows * max(1.6, 0.5 + 0.16 * tallest))
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for ax, (title, counts) in zip(axes, panels, strict=False):
+    axes = _panel_axes(figure, rows, columns, len(panels))
+    for ax, (title, counts) in zip(axes, panels, strict=True):
         items = sorted(counts.items(), key=lambda kv: _natural(str(kv[0])))
         if len(items) > 40:  # keep the largest: labels must stay readable
             items = sorted(items, key=lambda kv: -kv[1])[:40]
@@ -293,8 +301,6 @@ def counts_figure(result: InspectResult) -> bytes | None:
         ax.set_xlim(0, max(values) * 1.15)
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-    for ax in axes[len(panels) :]:
-        ax.set_visible(False)
     return _png(figure)
 
 
@@ -456,8 +462,8 @@ def spectrogram_figure(previews: list[Preview]) -> bytes | None:
     columns = min(2, len(with_audio))
     rows = math.ceil(len(with_audio) / columns)
     figure = _figure(6 * columns, 2.4 * rows)
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for ax, preview in zip(axes, with_audio, strict=False):
+    axes = _panel_axes(figure, rows, columns, len(with_audio))
+    for ax, preview in zip(axes, with_audio, strict=True):
         mel = preview.mel
         finite = mel[np.isfinite(mel)]
         low, high = np.percentile(finite, [2, 98]) if finite.size else (0, 1)
@@ -467,8 +473,6 @@ def spectrogram_figure(previews: list[Preview]) -> bytes | None:
         ax.set_xlabel("frame", fontsize=7)
         ax.set_ylabel("mel band", fontsize=7)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(with_audio) :]:
-        ax.set_visible(False)
     return _png(figure)
 
 
@@ -481,8 +485,7 @@ def band_histogram_figure(result: InspectResult) -> bytes | None:
     columns = min(3, len(keys))
     rows = math.ceil(len(keys) / columns)
     figure = _figure(4.2 * columns, 2.8 * rows)
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for ax, key in zip(axes, keys, strict=False):
+    for ax, key in zip(_panel_axes(figure, rows, columns, len(keys)), keys, strict=True):
         entry = result.stats["sensors"].get(key, {})
         for band, (edges, counts) in result.collector.band_histograms(key).items():
             i = entry["bands"].index(band)
@@ -496,8 +499,6 @@ def band_histogram_figure(result: InspectResult) -> bytes | None:
         ax.set_title(_plain(f"{key} ({entry.get('dtype')})"), fontsize=9)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, ncols=2)
-    for ax in axes[len(keys) :]:
-        ax.set_visible(False)
     return _png(figure)
 
 

@@ -39,6 +39,8 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from geoprep import __version__
+from geoprep.signing import redact as redact
+from geoprep.signing import unsigned_href
 from geoprep.specs import OutputSpec
 from geoprep.storage import is_local, join, local_path, write_bytes_atomic
 
@@ -53,8 +55,6 @@ TAR_BLOCK, TAR_RECORD = 512, 10240
 _TAR_NAME = re.compile(r"^(\d+)(?:-(\d+))?\.tar$")
 _STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
 _TEMP_NAME = re.compile(r"^\..*\.tmp$")
-_SIGNED_QUERY = re.compile(r"(?i)(^|&)(sig|signature|x-amz-signature|x-goog-signature|token)=")
-_URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]+)\?[^\s'\"#]*")
 
 
 @dataclass(frozen=True)
@@ -207,17 +207,6 @@ def _set_scales(dst: rasterio.io.DatasetWriter, record: ImageRecord) -> None:
         dst.offsets = tuple(float(o) for o in offset)
 
 
-def strip_signed_query(url: str) -> str:
-    """Drop a URL's query string when it carries a signature or token (SAS, presigned URLs)."""
-    base, sep, query = url.partition("?")
-    return base if sep and _SIGNED_QUERY.search(query) else url
-
-
-def redact(text: str) -> str:
-    """Remove every URL query string from free text (error details may quote signed URLs)."""
-    return _URL_QUERY.sub(r"\1", text)
-
-
 def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
     """The `{key}.json` document: the sample's meta plus its grid(s) and one entry per image."""
     grids: dict[str | None, dict[str, Any]] = {}
@@ -233,7 +222,7 @@ def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
             raise ValueError(f"sample {sample.key}: provenance must not set {sorted(clash)}")
         provenance = dict(image.provenance)
         if isinstance(provenance.get("hrefs"), dict):
-            provenance["hrefs"] = {k: strip_signed_query(v) for k, v in provenance["hrefs"].items()}
+            provenance["hrefs"] = {k: unsigned_href(v) for k, v in provenance["hrefs"].items()}
         nodata = image.nodata
         is_nan = isinstance(nodata, float | np.floating) and math.isnan(nodata)
         entries.append(

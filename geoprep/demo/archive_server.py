@@ -37,10 +37,11 @@ import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from geoprep.demo.http_standin import StandInHandler, ThreadedStandIn
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class ArchiveStandIn:
+class ArchiveStandIn(ThreadedStandIn[RecordedRequest]):
     """A threaded HTTP server on 127.0.0.1 answering archive.org requests from ``root``.
 
     ``page_size`` caps the items per scrape page below the client's ``count`` so that small
@@ -156,24 +157,17 @@ class ArchiveStandIn:
     into its ``proxies``.
     """
 
+    thread_name = "archive-stand-in"
+    poll_interval_s = 0.02  # keeps stop() quick
+
     def __init__(self, root: Path | str, page_size: int = MAX_SCRAPE_COUNT, port: int = 0):
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        self._state = _State(root=Path(root), page_size=page_size)
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self._server.daemon_threads = True
-        self._server.stand_in_state = self._state  # type: ignore[attr-defined]
-        self._thread: threading.Thread | None = None
+        super().__init__(_State(root=Path(root), page_size=page_size), _Handler, port)
 
     @property
     def proxy_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._state.lock:
-            return list(self._state.requests)
+        return self.root_url
 
     def fail_next(self, path_prefix: str, status: int = 503, times: int = 1) -> None:
         """Answer the next ``times`` requests under ``path_prefix`` with HTTP ``status``."""
@@ -185,29 +179,10 @@ class ArchiveStandIn:
         with self._state.lock:
             self._state.dark.add(identifier)
 
-    def start(self) -> ArchiveStandIn:
-        # A short poll interval keeps shutdown() quick; serving is not affected by it.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name="archive-stand-in",
-            daemon=True,
-        )
-        self._thread.start()
+    def start(self) -> Self:
+        super().start()
         log.info("archive.org stand-in serving %s at %s", self._state.root, self.proxy_url)
         return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> ArchiveStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 @contextmanager
@@ -250,16 +225,8 @@ def _collection_matches(metadata: Mapping[str, Any], query: str) -> bool:
     return match.group(1) in collections
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StandInHandler):
     server_version = "archive-stand-in/1"
-
-    @property
-    def _state(self) -> _State:
-        return self.server.stand_in_state  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
 
     def do_GET(self) -> None:
         self._dispatch(head=False)

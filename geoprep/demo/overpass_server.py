@@ -30,12 +30,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from shapely.geometry import box
 
+from geoprep.demo.http_standin import StandInHandler, ThreadedStandIn
 from geoprep.osm_pbf import features_to_primitives
 from geoprep.overpass import OsmFeature
 
@@ -120,8 +120,10 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class OverpassStandIn:
+class OverpassStandIn(ThreadedStandIn[RecordedRequest]):
     """A threaded HTTP server on 127.0.0.1 answering Overpass queries from ``features``."""
+
+    thread_name = "overpass-stand-in"
 
     def __init__(
         self,
@@ -130,30 +132,21 @@ class OverpassStandIn:
         port: int = 0,
     ) -> None:
         features = list(features)
-        self._state = _State(
+        state = _State(
             features={(f.osm_type, f.osm_id): f for f in features},
             elements=_elements(features),
             timestamp=timestamp,
         )
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self._server.daemon_threads = True
-        self._server.stand_in_state = self._state  # type: ignore[attr-defined]
-        self._thread: threading.Thread | None = None
+        super().__init__(state, _Handler, port)
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>/api``; the interpreter is ``<base_url>/interpreter``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/api"
+        return f"{self.root_url}/api"
 
     @property
     def interpreter_url(self) -> str:
         return f"{self.base_url}/interpreter"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._state.lock:
-            return list(self._state.requests)
 
     def inject(self, *faults: OverpassFault) -> None:
         """Answer the next interpreter requests with these faults, one each, in order."""
@@ -166,28 +159,10 @@ class OverpassStandIn:
             self._state.slots_available = available
             self._state.slot_waits_s = tuple(waits_s)
 
-    def start(self) -> OverpassStandIn:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # how long stop() may wait for the loop to notice
-            name="overpass-stand-in",
-            daemon=True,
-        )
-        self._thread.start()
+    def start(self) -> Self:
+        super().start()
         log.info("Overpass stand-in serving %d features at %s", len(self._state.features), self)
         return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> OverpassStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @contextmanager
     def serve(self) -> Iterator[str]:
@@ -267,19 +242,11 @@ def status_text(state: _State, client_ip: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StandInHandler):
     server_version = "overpass-stand-in/1"
     # Headers and body go out in separate writes; without this, Nagle's algorithm meets the
     # client's delayed ACK and every response stalls for ~40 ms.
     disable_nagle_algorithm = True
-
-    @property
-    def _state(self) -> _State:
-        return self.server.stand_in_state  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
