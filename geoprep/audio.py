@@ -39,7 +39,7 @@ import requests
 import soundfile
 import soxr
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import fft, signal
+from scipy import fft
 
 from geoprep import __version__
 from geoprep.errors import UserError
@@ -145,9 +145,12 @@ def read_segment(
                 source.seek(offset - preroll)
             data = source.read(preroll + keep, dtype="float32", always_2d=True)[preroll:]
     except (soundfile.SoundFileError, RuntimeError) as exc:
-        # libsndfile's message names the local staging path, which means nothing to a reader
+        # libsndfile's message names the local staging path, which means nothing to a reader,
+        # and for a damaged file it may read "File does not exist ...": say what was tried.
         reason = getattr(exc, "error_string", None) or str(exc)
-        raise LocationFailed("undecodable", f"{name or Path(path).name}: {reason}") from exc
+        raise LocationFailed(
+            "undecodable", f"{name or Path(path).name}: cannot be decoded (libsndfile: {reason})"
+        ) from exc
     mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
     if len(mono) and rate_in != spec.sample_rate:
         mono = soxr.resample(np.ascontiguousarray(mono), rate_in, spec.sample_rate, quality="HQ")
@@ -173,6 +176,18 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: flo
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _hann_window(n_fft: int) -> np.ndarray:
+    # scipy.signal is imported here, not with the module: it pulls in scipy.stats and
+    # scipy.interpolate (a second or more), and every build worker imports this module,
+    # whether its recipe has audio or not.
+    from scipy import signal
+
+    window = signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    window.flags.writeable = False  # shared by the threads of a worker
+    return window
+
+
 def mel_power(samples: np.ndarray, spec: AudioSpec) -> np.ndarray:
     """Mel power spectrogram (n_mels, frames) of float mono samples at ``spec.sample_rate``.
 
@@ -186,7 +201,7 @@ def mel_power(samples: np.ndarray, spec: AudioSpec) -> np.ndarray:
     if len(padded) < n_fft:
         padded = np.pad(padded, (0, n_fft - len(padded)))
     frames = sliding_window_view(padded, n_fft)[::hop]
-    window = signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    window = _hann_window(n_fft)
     basis = _mel_basis(spec.sample_rate, n_fft, spec.n_mels, float(spec.fmin), resolved_fmax(spec))
     out = np.empty((spec.n_mels, len(frames)), dtype=np.float32)
     for start in range(0, len(frames), _FRAMES_PER_BLOCK):

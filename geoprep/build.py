@@ -265,8 +265,9 @@ def build(
         failures.update(stats.failures)
         if on_shard:
             on_shard(stats)
-    if recipe.fmow_images is not None:
-        # labels are indices into the 62 fMoW categories: the table travels with the data
+    if recipe.fmow_images is not None or recipe.sampler.kind == "fmow":
+        # labels are indices into the 62 fMoW categories (imagery-only fMoW-Sentinel builds
+        # too): the table travels with the data
         table = json.dumps(category_table(), indent=1).encode()
         write_bytes_atomic(join(out, "categories.json"), table)
     write_manifest(out, recipe.model_dump(mode="json"), recipe.digest(), len(tasks))

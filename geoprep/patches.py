@@ -101,6 +101,10 @@ class PatchBuilder:
         candidates: Mapping[str, list[pystac.Item]],
     ) -> SampleRecord:
         """The sample of one location; raises LocationFailed when it cannot be completed."""
+        extras: dict[str, bytes] = {}
+        audio_meta = None
+        if self.audio is not None:  # first: a bad recording fails before any image is read
+            extras, audio_meta = self.audio.make(row)
         images = self._imagery(row, slots, candidates) if self.imagery is not None else []
         slot_meta = {slot.name: slot.to_json() for slot in slots}
         if self.fmow is not None:
@@ -110,7 +114,6 @@ class PatchBuilder:
             images += sequence
             for name, entry in slot_entries(sequence).items():
                 slot_meta.setdefault(name, entry)
-        extras: dict[str, bytes] = {}
         meta = {
             "id": str(row["id"]),
             "lat": float(row["lat"]),
@@ -123,8 +126,8 @@ class PatchBuilder:
             "recipe_digest": self.recipe.digest(),
             "location": {k: v for k, v in row.items() if k not in _META_COLUMNS},
         }
-        if self.audio is not None:
-            extras, meta["audio"] = self.audio.make(row)
+        if audio_meta is not None:
+            meta["audio"] = audio_meta
         return SampleRecord(key=str(row["id"]), meta=meta, images=images, extras=extras)
 
     def _imagery(self, row, slots: list[Slot], candidates) -> list[ImageRecord]:

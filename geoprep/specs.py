@@ -160,11 +160,18 @@ class ImagerySpec(_Spec):
                     f"sensors.{name}.catalog is {sensor.catalog!r}; expected one of "
                     f"{sorted(self.catalogs)}"
                 )
-            if sensor.fallback_for is not None and sensor.fallback_for not in self.sensors:
-                raise ValueError(
-                    f"sensors.{name}.fallback_for is {sensor.fallback_for!r}; expected one of "
-                    f"{sorted(self.sensors)}"
-                )
+            backed = sensor.fallback_for
+            if backed is not None:
+                others = sorted(set(self.sensors) - {name})
+                if backed not in others:
+                    raise ValueError(
+                        f"sensors.{name}.fallback_for is {backed!r}; expected one of {others}"
+                    )
+                if self.sensors[backed].fallback_for is not None:
+                    raise ValueError(
+                        f"sensors.{name}.fallback_for names {backed!r}, itself a fallback: "
+                        "fallbacks do not chain"
+                    )
             # names become member suffixes: WebDataset splits keys at dots and lower-cases suffixes
             if not re.fullmatch(r"[a-z0-9_-]+", name):
                 raise ValueError(

@@ -106,6 +106,7 @@ imagery:
         (["imagery.time.n_datez=3"], "imagery.time.n_datez: unknown key; expected one of: mode,"),
         (["imagery.sensors.s2.catalog=nope"], "sensors.s2.catalog is 'nope'; expected one of"),
         (["imagery.grid.size=0"], "imagery.grid.size: got 0; expected greater than 0"),
+        (["imagery.sensors.s2.fallback_for=s2"], "fallback_for is 's2'; expected one of []"),
         (["imagery.sensors.s2.assets=[]"], "imagery.sensors.s2.assets: got []"),
     ],
 )
