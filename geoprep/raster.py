@@ -6,6 +6,7 @@ import logging
 import math
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import rasterio.env
 import rasterio.warp
 from rasterio.crs import CRS
 from rasterio.enums import Resampling as RasterioResampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
@@ -27,6 +28,10 @@ from geoprep.errors import SourceError, UserError
 from geoprep.grid import TargetGrid
 from geoprep.signing import redact, unsigned_href
 from geoprep.specs import Resampling
+
+# rasterio.warp.reproject hides this warning for georeferenced arrays with catch_warnings(),
+# which is not thread-safe: under concurrent reads it leaks although every array is placed.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
 
 log = logging.getLogger(__name__)
 
