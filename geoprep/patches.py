@@ -241,10 +241,12 @@ class PatchBuilder:
         mask_asset = self.mask_asset(spec)
         if mask_asset is not None and (mask_asset not in item.assets or mask_asset not in grids):
             mask_asset = None
-        wanted = list(dict.fromkeys([*spec.assets, *([mask_asset] if mask_asset else [])]))
+        # The mask first: a cloudy patch is rejected before any band of the scene is read.
+        wanted = list(dict.fromkeys([*([mask_asset] if mask_asset else []), *spec.assets]))
 
         arrays: dict[str, np.ndarray] = {}
         nodatas: dict[str, float | None] = {}
+        clouds = 0.0
         for asset in wanted:
             categorical = asset in spec.categorical or asset == mask_asset
             try:
@@ -257,15 +259,14 @@ class PatchBuilder:
             except SourceError as error:
                 return SceneRead([], f"{item.id}: {error}", "read_error")
             arrays[asset], nodatas[asset] = patch.array, patch.nodata
+            if asset == mask_asset and (kind := mask_kind(mask_asset)) is not None:
+                clouds = cloud_fraction(arrays[mask_asset], kind)
+                if clouds > spec.max_patch_cloud:
+                    return SceneRead([], f"{item.id} cloudy ({clouds:.0%})", "cloudy")
 
-        clouds = 0.0
-        if mask_asset is not None and (kind := mask_kind(mask_asset)) is not None:
-            clouds = cloud_fraction(arrays[mask_asset], kind)
         missing_share = nodata_fraction(
             [arrays[a] for a in spec.assets], [nodatas[a] for a in spec.assets]
         )
-        if clouds > spec.max_patch_cloud:
-            return SceneRead([], f"{item.id} cloudy ({clouds:.0%})", "cloudy")
         if missing_share > spec.max_patch_nodata:
             return SceneRead([], f"{item.id} nodata ({missing_share:.0%})", "nodata")
 
