@@ -89,6 +89,16 @@ def _worker_builder(recipe: Recipe) -> PatchBuilder:
     return _WORKER_STATE["builder"]
 
 
+def _io_pool(threads: int) -> ThreadPoolExecutor:
+    """One I/O pool per worker process: a new thread costs GDAL and PROJ set-up each time."""
+    threads = max(1, threads)
+    if _WORKER_STATE.get("pool_threads") != threads:
+        if _WORKER_STATE.get("pool") is not None:
+            _WORKER_STATE["pool"].shutdown(wait=True)
+        _WORKER_STATE.update(pool=ThreadPoolExecutor(threads), pool_threads=threads)
+    return _WORKER_STATE["pool"]
+
+
 def fmow_root(recipe: Recipe) -> str:
     root = recipe.fmow_images.root or getattr(recipe.sampler, "root", None)
     if root is None:
@@ -131,10 +141,10 @@ def build_shard(task: ShardTask) -> ShardStats:
             log.debug("location %s failed:\n%s", row["id"], redact(traceback.format_exc()))
             return LocationFailed("error", f"{type(error).__name__}: {error}")
 
-    with ThreadPoolExecutor(max(1, task.io_threads)) as pool:
-        futures = {pool.submit(run, i): i for i in order}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
+    pool = _io_pool(task.io_threads)
+    futures = {pool.submit(run, i): i for i in order}
+    for future in as_completed(futures):
+        results[futures[future]] = future.result()
 
     with ShardWriter.from_spec(task.out, task.index, recipe.output) as writer:
         for i, row in enumerate(rows):
