@@ -74,24 +74,17 @@ def land_grids(windows: tuple[tuple[float, float, float, float], ...], world_ste
     by row block (unpacked it is 0.9 GB, and importing the package loads all of it): the world at
     `world_step` km and each (west, south, east, north) window at up to ~300 px. Returns
     (world, [(window grid, (west, east, south, north))]) or None when the data is unavailable."""
-    import importlib.util
-    import zipfile
-    from pathlib import Path
+    from geoprep.landmask import ocean_mask_rows
 
-    spec = importlib.util.find_spec("global_land_mask")
     try:
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("global_land_mask is not installed")
-        folder = Path(list(spec.submodule_search_locations)[0])
-        archive = zipfile.ZipFile(folder / "globe_combined_mask_compressed.npz")
-        handle = archive.open("mask.npy")
-        version = np.lib.format.read_magic(handle)
-        (rows, cols), fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        if version != (1, 0) or fortran or dtype != np.dtype(bool):
-            raise ValueError("unexpected mask layout")
+        with ocean_mask_rows() as (rows, cols, handle):
+            return _read_land(rows, cols, handle, windows, world_step)
     except (ImportError, OSError, KeyError, ValueError) as error:
         log.warning("no land background: %s", error)
         return None
+
+
+def _read_land(rows: int, cols: int, handle, windows, world_step: int) -> Any:
     degrees = 180.0 / rows  # rows run from 90° N southwards, columns from 180° W eastwards
     plans = []
     for west, south, east, north in windows:
@@ -103,16 +96,15 @@ def land_grids(windows: tuple[tuple[float, float, float, float], ...], world_ste
     world: list[np.ndarray] = []
     crops: list[list[np.ndarray]] = [[] for _ in plans]
     block = world_step * 10
-    with archive, handle:
-        for first in range(0, rows, block):
-            count = min(block, rows - first)
-            ocean = np.frombuffer(handle.read(cols * count), dtype=bool).reshape(count, cols)
-            index = np.arange(first, first + count)
-            world.append(~ocean[index % world_step == 0, ::world_step])
-            for crop, (top, bottom, left, right, step) in zip(crops, plans, strict=True):
-                wanted = (index >= top) & (index < bottom) & ((index - top) % step == 0)
-                if wanted.any():
-                    crop.append(~ocean[wanted, left:right:step])
+    for first in range(0, rows, block):
+        count = min(block, rows - first)
+        ocean = np.frombuffer(handle.read(cols * count), dtype=bool).reshape(count, cols)
+        index = np.arange(first, first + count)
+        world.append(~ocean[index % world_step == 0, ::world_step])
+        for crop, (top, bottom, left, right, step) in zip(crops, plans, strict=True):
+            wanted = (index >= top) & (index < bottom) & ((index - top) % step == 0)
+            if wanted.any():
+                crop.append(~ocean[wanted, left:right:step])
     extents = [
         (left * degrees - 180, right * degrees - 180, 90 - bottom * degrees, 90 - top * degrees)
         for top, bottom, left, right, _ in plans

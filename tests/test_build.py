@@ -30,8 +30,8 @@ import pytest
 import rasterio
 import webdataset as wds
 import yaml
+from conftest import fresh_tokens
 from planetary_computer import sas as pc_sas
-from planetary_computer.settings import Settings as PcSettings
 from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
@@ -41,7 +41,7 @@ from rasterio.warp import Resampling, reproject
 from geoprep.build import build
 from geoprep.cli import main
 from geoprep.demo import sas_server
-from geoprep.demo.servers import WorldServices, serve_world
+from geoprep.demo.servers import WorldServices
 from geoprep.errors import UserError
 from geoprep.recipe import Recipe, validate_recipe
 
@@ -90,13 +90,6 @@ def pc_catalog(services: WorldServices, kind: str = "stac-api") -> dict:
         url = str(world / "stac" / "geoparquet" / "{collection}.parquet")
         return {"kind": kind, "url": url, "provider": "planetary-computer"}
     return {"kind": "static", "url": str(world / "stac" / "local" / "catalog.json")}
-
-
-def fresh_tokens(services: WorldServices) -> None:
-    """Empty the SAS SDK's caches, so a build has to ask the stand-in for tokens."""
-    PcSettings.get.cache_clear()
-    pc_sas.TOKEN_CACHE.clear()
-    services.sas_server.token_requests.clear()
 
 
 def tar_urls(out: Path) -> list[str]:
@@ -288,17 +281,6 @@ def token_ids() -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def services(demo_world):
-    with serve_world(demo_world) as served, pytest.MonkeyPatch.context() as patch:
-        for name, value in served.env().items():
-            patch.setenv(name, value)
-        fresh_tokens(served)
-        yield served
-        PcSettings.get.cache_clear()
-        pc_sas.TOKEN_CACHE.clear()
-
-
 @pytest.fixture(scope="module")
 def tmp_module(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("build")

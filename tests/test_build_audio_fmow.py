@@ -32,7 +32,6 @@ from shapely.geometry import Point, shape
 from test_build import (
     assert_same_shards,
     expect_source_pixels,
-    fresh_tokens,
     stats_without_duration,
     tar_urls,
 )
@@ -41,7 +40,7 @@ from geoprep.audio import from_pcm16, log_mel
 from geoprep.build import BuildSummary, build
 from geoprep.cli import main
 from geoprep.demo.aporee_world import read_manifest
-from geoprep.demo.servers import WorldServices, serve_world
+from geoprep.demo.servers import WorldServices
 from geoprep.reader import GeoArray, decoder, open_dataset
 from geoprep.recipe import Recipe, validate_recipe
 from geoprep.samplers.aporee import choose_audio_file, download_url
@@ -171,16 +170,6 @@ def grid_offsets(grid: dict, lat: float, lon: float) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def services(demo_world):
-    with serve_world(demo_world) as served, pytest.MonkeyPatch.context() as patch:
-        for name, value in served.env().items():
-            patch.setenv(name, value)
-        fresh_tokens(served)
-        yield served
-        fresh_tokens(served)
-
-
 @pytest.fixture(scope="module")
 def tmp_module(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("audio-fmow")

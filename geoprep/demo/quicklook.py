@@ -9,12 +9,10 @@ geoprep.demo.quicklook WORLD OUT.png`` does the same from the shell. Imagery is 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import logging
 import sys
-import zipfile
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache, cached_property
@@ -25,7 +23,6 @@ import rasterio
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from numpy.lib import format as npy_format
 from PIL import Image
 from rasterio.enums import Resampling
 from shapely.geometry import box
@@ -34,6 +31,7 @@ from geoprep.demo.aporee_world import read_manifest
 from geoprep.demo.truth import CHANGE_YEAR, CLASS_CODES, SEASON_DATES, Truth
 from geoprep.demo.world import WorldManifest
 from geoprep.errors import UserError
+from geoprep.landmask import ocean_mask_rows
 
 log = logging.getLogger(__name__)
 
@@ -189,23 +187,15 @@ def land_fraction_grid(step: int = 30) -> np.ndarray:
     The package loads its 0.9 GB mask on import, so the compressed array is streamed from its
     ``.npz`` instead, a band of rows at a time. The result is cached and read-only.
     """
-    spec = importlib.util.find_spec("global_land_mask")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the world map needs the global-land-mask package")
-    npz = Path(spec.submodule_search_locations[0]) / "globe_combined_mask_compressed.npz"
-    with zipfile.ZipFile(npz) as archive, archive.open("mask.npy") as stream:
-        version = npy_format.read_magic(stream)
-        read_header = (
-            npy_format.read_array_header_1_0
-            if version == (1, 0)
-            else npy_format.read_array_header_2_0
-        )
-        (rows, cols), _, _ = read_header(stream)
-        ocean_share = np.empty((rows // step, cols // step), dtype=np.float32)
-        for band in range(rows // step):
-            block = np.frombuffer(stream.read(cols * step), dtype=np.uint8)
-            block = block.reshape(step, cols // step, step)
-            ocean_share[band] = block.sum(axis=(0, 2), dtype=np.uint32) / (step * step)
+    try:
+        with ocean_mask_rows() as (rows, cols, stream):
+            ocean_share = np.empty((rows // step, cols // step), dtype=np.float32)
+            for band in range(rows // step):
+                block = np.frombuffer(stream.read(cols * step), dtype=np.uint8)
+                block = block.reshape(step, cols // step, step)
+                ocean_share[band] = block.sum(axis=(0, 2), dtype=np.uint32) / (step * step)
+    except ImportError:
+        raise UserError("the world map needs the global-land-mask package") from None
     # The mask says True for ocean; its first row is the northernmost.
     land = 1.0 - ocean_share
     land.setflags(write=False)
