@@ -90,6 +90,7 @@ class PatchBuilder:
         fmow: FmowImageReader | None = None,
     ):
         self.recipe, self.imagery = recipe, recipe.imagery
+        self.digest = recipe.digest()  # once: every sample's json carries it
         self.catalogs, self.cache = catalogs, cache
         self.audio, self.fmow = audio, fmow
 
@@ -123,7 +124,7 @@ class PatchBuilder:
             "split": row["split"],
             "source": row.get("source"),
             "slots": slot_meta,
-            "recipe_digest": self.recipe.digest(),
+            "recipe_digest": self.digest,
             "location": {k: v for k, v in row.items() if k not in _META_COLUMNS},
         }
         if audio_meta is not None:
