@@ -38,7 +38,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             # mkstemp creates 0600; give the file the mode a plain open() would
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -48,10 +48,14 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     fs.pipe_file(path, data)  # object stores publish a put whole or not at all
 
 
-def _umask() -> int:
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: do it once, at import, before any I/O thread runs
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def read_bytes(url: str) -> bytes:
