@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import planetary_computer
+import psutil
 import pystac
 import rasterio
 import rasterio.env
@@ -94,8 +95,8 @@ def read_geoprep(jobs: list[PatchJob], href: Href, setup: Setup) -> list[np.ndar
         ]
         results[index] = np.concatenate([patch.array for patch in arrays])
 
-    with DatasetCache(env=setup.gdal) as cache, ThreadPoolExecutor(setup.threads) as pool:
-        list(pool.map(one, _scene_order(jobs)))
+    with DatasetCache(env=setup.gdal) as cache:
+        list(_pool("geoprep", setup.threads).map(one, _scene_order(jobs)))
     return [results[i] for i in range(len(jobs))]
 
 
@@ -170,9 +171,25 @@ def read_odc_threads(jobs: list[PatchJob], href: Href, setup: Setup) -> list[np.
     def one(index: int) -> None:
         results[index] = _odc_patch(jobs[index], href, setup)
 
-    with ThreadPoolExecutor(setup.threads) as pool:
-        list(pool.map(one, _scene_order(jobs)))
+    list(_pool("odc-stac", setup.threads).map(one, _scene_order(jobs)))
     return [results[i] for i in range(len(jobs))]
+
+
+_POOLS: dict[tuple[str, int], ThreadPoolExecutor] = {}
+
+
+def _pool(method: str, threads: int) -> ThreadPoolExecutor:
+    """The thread pool of a method, kept for the whole benchmark (warm-up included), as a build
+    keeps one I/O pool per worker process: every new thread sets up GDAL and PROJ anew."""
+    key = (method, threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix=f"{method}-io")
+    return _POOLS[key]
+
+
+def _close_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(wait=True)
 
 
 def _scene_order(jobs: list[PatchJob]) -> list[int]:
@@ -230,7 +247,9 @@ def served(world: Path) -> Iterator[dict[str, Any]]:
             info = here.recv()
         except EOFError:
             raise SourceError(f"the demo world servers for {world} failed to start") from None
-        yield info
+        # The servers' CPU seconds (all their threads), to report what each method costs them.
+        server = psutil.Process(process.pid)
+        yield {**info, "server_cpu_s": lambda: sum(server.cpu_times()[:2])}
     finally:
         try:
             here.send("stop")
@@ -330,8 +349,11 @@ def run_source(
     readers: dict[str, Reader],
     repeat: int,
     max_mismatch: float,
+    server_cpu_s: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Warm up and check every method once, then time `repeat` rounds in rotating order."""
+    """Warm up and check every method once, then time `repeat` rounds in rotating order.
+
+    `server_cpu_s` (over HTTP) reads the servers' CPU seconds, reported per patch and method."""
     outputs = {
         method: reader(jobs, _signer(signed, f"warmup-{index}"), setup)
         for index, (method, reader) in enumerate(readers.items())
@@ -343,21 +365,28 @@ def run_source(
         raise SystemExit(f"{name}: methods read different patches than {reference_name}: {wrong}")
     seconds: dict[str, list[float]] = {method: [] for method in readers}
     cpu: dict[str, list[float]] = {method: [] for method in readers}
+    server_cpu: dict[str, list[float]] = {method: [] for method in readers}
     names = list(readers)
     for round_ in range(repeat):
         shift = round_ % len(names)
         for index, method in enumerate(names[shift:] + names[:shift]):
             href = _signer(signed, f"{round_}-{index}")
+            server_started = server_cpu_s() if server_cpu_s else 0.0
             started, cpu_started = time.perf_counter(), time.process_time()
             readers[method](jobs, href, setup)
             seconds[method].append(time.perf_counter() - started)
             cpu[method].append(time.process_time() - cpu_started)
+            if server_cpu_s:
+                server_cpu[method].append(server_cpu_s() - server_started)
     rates = {m: len(jobs) / statistics.median(s) for m, s in seconds.items()}
     methods_ = {
         m: {
             "patches_per_s": rates[m],
             # this process only (all its threads); the servers run in another process
             "cpu_ms_per_patch": 1000 * statistics.median(cpu[m]) / len(jobs),
+            "server_cpu_ms_per_patch": (
+                1000 * statistics.median(server_cpu[m]) / len(jobs) if server_cpu_s else None
+            ),
             "seconds": seconds[m],
             **checks[m],
         }
@@ -475,7 +504,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     }
     sources = args.sources.split(",")
 
-    def measure(name: str, catalog: Catalog, signed: bool, gdal: dict[str, Any]) -> None:
+    def measure(
+        name: str,
+        catalog: Catalog,
+        signed: bool,
+        gdal: dict[str, Any],
+        server_cpu_s: Callable[[], float] | None = None,
+    ) -> None:
         import odc.stac
 
         odc.stac.configure_rio(**gdal)
@@ -485,7 +520,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         )
         setup = Setup(sensor, args.resampling, args.threads, gdal)
         console.print(f"{name}: {len(jobs)} patches; warm-up and check, then {args.repeat} rounds")
-        result = run_source(name, jobs, signed, setup, readers, args.repeat, args.max_mismatch)
+        result = run_source(
+            name, jobs, signed, setup, readers, args.repeat, args.max_mismatch, server_cpu_s
+        )
         report["sources"][name] = {"search_s": search_s, **result}
 
     if "local" in sources:
@@ -496,7 +533,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             os.environ["PC_SDK_SAS_URL"] = info["env"]["PC_SDK_SAS_URL"]
             spec = CatalogSpec(kind="stac-api", url=info["stac_url"], provider="planetary-computer")
             proxy = {"GDAL_HTTP_PROXY": info["env"]["GDAL_HTTP_PROXY"]}
-            measure("http", open_catalog(spec), True, {**options, **proxy})
+            measure("http", open_catalog(spec), True, {**options, **proxy}, info["server_cpu_s"])
     return report
 
 
@@ -508,22 +545,28 @@ def print_report(report: dict[str, Any]) -> None:
             f"({result['scenes']} scenes), median of {report['config']['repeat']} rounds; "
             f"item search {result['search_s']:.2f} s (not timed)"
         )
-        columns = ("method", "patches/s", "median s", "CPU ms/patch", "max |diff|", "geoprep ×")
+        methods_ = result["methods"]
+        served = next(iter(methods_.values()))["server_cpu_ms_per_patch"] is not None
+        columns = ["method", "patches/s", "median s", "CPU ms/patch", "max |diff|", "geoprep ×"]
+        if served:
+            columns.insert(4, "server CPU ms/patch")
         for column in columns:
             table.add_column(column, justify="left" if column == "method" else "right")
-        methods_ = result["methods"]
         best = max(m["patches_per_s"] for m in methods_.values())
         geoprep = next(iter(methods_.values()))["patches_per_s"]
         for method, numbers in methods_.items():
             rate = numbers["patches_per_s"]
-            table.add_row(
+            cells = [
                 method,
                 f"{rate:.1f}",
                 f"{statistics.median(numbers['seconds']):.3f}",
                 f"{numbers['cpu_ms_per_patch']:.1f}",
                 f"{numbers['max_abs_diff']:g}",
                 f"{geoprep / rate:.2f}×" + (" (fastest)" if rate == best else ""),
-            )
+            ]
+            if served:
+                cells.insert(4, f"{numbers['server_cpu_ms_per_patch']:.1f}")
+            table.add_row(*cells)
         out.print(table)
         ratios_ = result["ratios"]
         summary = ", ".join(
@@ -549,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         console.print(f"error: {error}")
         return 2
+    finally:
+        _close_pools()
     print_report(report)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -44,12 +44,15 @@ METHODS = [
 ]
 
 
-def _check(result: dict, patches: int) -> None:
+def _check(result: dict, patches: int, served: bool) -> None:
     assert result["patches"] == patches
     assert list(result["methods"]) == METHODS
     for numbers in result["methods"].values():
         assert numbers["max_abs_diff"] == 0  # same pixels: the 10 m grid is the S2 grid
         assert numbers["patches_per_s"] > 0 and len(numbers["seconds"]) == 1
+        # every method makes the blob store work; local files involve no server
+        server_ms = numbers["server_cpu_ms_per_patch"]
+        assert server_ms > 0 if served else server_ms is None
     assert {"geoprep/naive", "geoprep/odc-stac", "best odc-stac"} <= set(result["ratios"])
 
 
@@ -62,8 +65,9 @@ def test_command_line_times_every_method_on_the_served_world(demo_world: Path, t
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert list(report["sources"]) == ["http"] and report["bands"] == ["B02", "B03", "B04", "B08"]
-    _check(report["sources"]["http"], 3)
+    _check(report["sources"]["http"], 3, served=True)
     assert "geoprep/odc-stac" in done.stdout and "--world" in report["command"]
+    assert "server CPU ms/patch" in done.stdout
 
 
 def _setup(bench):
@@ -75,7 +79,7 @@ def _setup(bench):
 def test_local_files_give_the_same_patches_with_every_method(bench, demo_world: Path):
     jobs = _local_jobs(bench, demo_world, 2)
     result = bench.run_source("local", jobs, False, _setup(bench), bench.methods(2, 4), 1, 0.0)
-    _check(result, 2)
+    _check(result, 2, served=False)
 
 
 def _local_jobs(bench, world: Path, n: int):

@@ -25,6 +25,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from shapely.geometry import Polygon
 
+from geoprep.demo import file_server
 from geoprep.demo.archive_server import ItemFile, write_item
 from geoprep.demo.file_server import FileServer, port_is_open
 from geoprep.demo.sas_server import SasTokenServer, mint_token
@@ -344,15 +345,25 @@ def _sas(key: bytes, lifetime: timedelta = timedelta(minutes=45)) -> str:
         (None, 200, None, CONTENT),
     ],
 )
-def test_range_requests(blob_store, range_header, status, content_range, body):
+@pytest.mark.parametrize("in_memory_limit", [None, 1], ids=["read-in-place", "streamed"])
+def test_range_requests(
+    blob_store, monkeypatch, in_memory_limit, range_header, status, content_range, body
+):
     server, _ = blob_store
+    if in_memory_limit is not None:  # ranges above the limit go through starlette's FileResponse
+        monkeypatch.setattr(file_server, "_IN_MEMORY_RANGE", in_memory_limit)
     headers = {"Range": range_header} if range_header else {}
-    response = requests.get(f"{server.url}/{BLOB}", headers=headers, proxies=NO_PROXY, timeout=5)
+    url = f"{server.url}/{BLOB}"
+    response = requests.get(url, headers=headers, proxies=NO_PROXY, timeout=5)
     assert response.status_code == status
     assert response.headers.get("Content-Range") == content_range
     if body is not None:
         assert response.content == body
         assert int(response.headers["Content-Length"]) == len(body)
+        head = requests.head(url, headers=headers, proxies=NO_PROXY, timeout=5)
+        assert head.status_code == status and head.content == b""
+        assert head.headers["Content-Length"] == str(len(body))
+        assert head.headers.get("Content-Range") == content_range
 
 
 def test_head_etag_and_conditional_get(blob_store):
