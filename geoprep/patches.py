@@ -14,10 +14,9 @@ import pystac
 from geoprep.catalogs import Catalog, unsigned_href
 from geoprep.errors import SourceError
 from geoprep.grid import TargetGrid, native_groups
-from geoprep.raster import (
+from geoprep.pixels import (
     DEFAULT_MASK_ASSETS,
     S2_REFLECTANCE_ASSETS,
-    DatasetCache,
     apply_scale_offset,
     asset_gsd,
     band_scale_offset,
@@ -25,8 +24,8 @@ from geoprep.raster import (
     harmonize_s2,
     mask_kind,
     nodata_fraction,
-    read_patch,
 )
+from geoprep.raster import DatasetCache, read_patch
 from geoprep.recipe import Recipe
 from geoprep.scenes import Slot, coterminous, item_datetime, rank, slots_for
 from geoprep.shards import ImageRecord, SampleRecord

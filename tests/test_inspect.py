@@ -747,9 +747,9 @@ def test_a_damaged_dataset_with_a_report_writes_only_there(dataset: Path, tmp_pa
 
 
 def test_oversized_members_are_skipped_unread(dataset: Path, monkeypatch) -> None:
-    import geoprep.inspect
+    import geoprep.shard_scan
 
-    monkeypatch.setattr(geoprep.inspect, "MAX_MEMBER_BYTES", 3000)
+    monkeypatch.setattr(geoprep.shard_scan, "MAX_MEMBER_BYTES", 3000)
     result = inspect_dataset([str(dataset)], None, previews=0)
     big = [p for p in result.problems if p.code == "too-large"]
     assert big and all("bytes" in p.reason for p in big)
