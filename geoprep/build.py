@@ -31,9 +31,9 @@ from geoprep.shards import (
     ShardWriter,
     clean_partial,
     done_shards,
-    redact,
     write_manifest,
 )
+from geoprep.signing import redact
 from geoprep.storage import join, makedirs, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 A location row of the ``fmow`` sampler lists its images in time order (``images`` column). For
 each one, :class:`FmowImageReader` reads the image (JPEG via Pillow, TIFF via rasterio) and its
 per-image JSON from the fMoW root, crops a square around the object's box and resizes it to
-``spec.size`` pixels, giving one :class:`~geoprep.shards.ImageRecord` per image (sensor ``fmow``,
+``spec.size`` pixels, giving one :class:`~geoprep.samples.ImageRecord` per image (sensor ``fmow``,
 slots ``t0`` … in time order, bands red/green/blue, uint8).
 
 Crop: a square centred on the box whose side is the box's longer side plus ``context`` times that
@@ -47,7 +47,7 @@ from shapely.errors import ShapelyError
 from geoprep.errors import UserError
 from geoprep.patches import LocationFailed
 from geoprep.samplers.fmow import FMOW_CATEGORIES
-from geoprep.shards import ImageRecord
+from geoprep.samples import ImageRecord
 from geoprep.specs import FmowImagesSpec
 
 log = logging.getLogger(__name__)

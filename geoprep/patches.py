@@ -27,8 +27,8 @@ from geoprep.pixels import (
 )
 from geoprep.raster import DatasetCache, read_patch
 from geoprep.recipe import Recipe
+from geoprep.samples import ImageRecord, SampleRecord
 from geoprep.scenes import Slot, coterminous, item_datetime, rank, slots_for
-from geoprep.shards import ImageRecord, SampleRecord
 from geoprep.specs import SensorSpec, SingleTime
 
 if TYPE_CHECKING:  # they import LocationFailed from here

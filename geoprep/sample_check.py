@@ -83,7 +83,7 @@ class SampleChecker:
             scan.counts["slot"].update({f"{e.get('sensor')}.{e.get('slot')}" for e in good})
             listed |= self._audio(sample)
             if preview is not None:
-                from geoprep.report import best_per_slot
+                from geoprep.preview_images import best_per_slot
 
                 preview.images = best_per_slot(preview.images)
             for suffix in sorted(set(members) - listed - {"json"}):
@@ -180,7 +180,7 @@ class SampleChecker:
                 entry.get("offset"),
             )
             if preview is not None:
-                from geoprep.report import preview_image  # matplotlib stays out of plain runs
+                from geoprep.preview_images import preview_image
 
                 display, bands = preview_image(entry["sensor"], entry["bands"], array, nodata)
                 preview.images.append(

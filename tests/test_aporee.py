@@ -114,6 +114,21 @@ def test_crawl_pages_through_the_scrape_api_via_the_proxy(archive: ArchiveStandI
     assert {r.host for r in archive.requests} == {"archive.org"}
 
 
+def test_crawl_reuses_no_connection_the_stand_in_closed(archive, caplog) -> None:
+    # internetarchive asks for `Connection: close`; a server that closes without saying so in
+    # its answer leaves the client a dead pooled connection, and urllib3 warns and retries.
+    with caplog.at_level("WARNING", logger="urllib3"):
+        run(sampler(archive, workers=4))
+    assert not [r.getMessage() for r in caplog.records if "Retrying" in r.getMessage()]
+    response = requests.get(
+        f"http://archive.org/metadata/{MUNICH}",
+        headers={"Connection": "close"},
+        proxies={"http": archive.proxy_url},
+        timeout=5,
+    )
+    assert response.status_code == 200 and response.headers["Connection"] == "close"
+
+
 def test_stand_in_scrape_pages_have_the_recorded_shape(archive: ArchiveStandIn) -> None:
     recorded = [json.loads((FIXTURES / f"scrape_page{i}.json").read_text()) for i in (1, 2)]
     proxies = {"http": archive.proxy_url}

@@ -19,7 +19,8 @@ from rasterio.io import MemoryFile
 from geoprep.bandstats import BandAccumulator, valid_pixels
 from geoprep.errors import UserError
 from geoprep.inspect import inspect_dataset, resolve_sources
-from geoprep.shards import ImageRecord, SampleRecord, ShardWriter, write_manifest
+from geoprep.samples import ImageRecord, SampleRecord
+from geoprep.shards import ShardWriter, write_manifest
 
 PER_SHARD = 4
 S2_BANDS = ["B04", "B03", "B02", "B08"]

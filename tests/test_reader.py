@@ -15,7 +15,8 @@ import webdataset as wds
 from geoprep import reader
 from geoprep.errors import UserError
 from geoprep.reader import GeoArray, Sample, SampleError, open_dataset, shard_urls
-from geoprep.shards import ImageRecord, SampleRecord, ShardWriter, encode_image, write_manifest
+from geoprep.samples import ImageRecord, SampleRecord, encode_image
+from geoprep.shards import ShardWriter, write_manifest
 
 S2_BANDS = ["B02", "B03", "B04", "B08"]
 S1_BANDS = ["vv", "vh"]

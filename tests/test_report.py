@@ -29,8 +29,9 @@ from test_inspect import (
 )
 
 from geoprep.inspect import PreviewImage, inspect_dataset
-from geoprep.report import dense_regions, display_bands, land_grids, preview_image
-from geoprep.shards import ImageRecord, SampleRecord
+from geoprep.preview_images import display_bands, preview_image
+from geoprep.report_figures import dense_regions, land_grids
+from geoprep.samples import ImageRecord, SampleRecord
 
 CHROMIUM = shutil.which("chromium")
 SLOTS = ("t0", "t1", "t2", "t3")
@@ -212,7 +213,7 @@ def test_preview_strides_large_images_and_blanks_nodata() -> None:
 
 
 def test_thumbnails_stretch_with_the_dataset_percentiles(report) -> None:
-    from geoprep.report import _stretched
+    from geoprep.report_mosaics import _stretched
 
     _, _, result = report
     entry = result.stats["sensors"]["s2"]
@@ -271,7 +272,8 @@ def test_figures_show_data_text_literally(report) -> None:
     import dataclasses
     from collections import Counter
 
-    from geoprep.report import counts_figure, thumbnails_figure
+    from geoprep.report_figures import counts_figure
+    from geoprep.report_mosaics import thumbnails_figure
 
     _, _, result = report
     odd = r"$\notacommand{$"

@@ -17,14 +17,12 @@ import rasterio
 import webdataset as wds
 from rasterio.io import MemoryFile
 
-from geoprep import shards
+from geoprep import samples, shards
+from geoprep.samples import ImageRecord, SampleRecord, encode_image
 from geoprep.shards import (
-    ImageRecord,
-    SampleRecord,
     ShardWriter,
     clean_partial,
     done_shards,
-    encode_image,
     read_stats,
     write_manifest,
 )
@@ -110,7 +108,7 @@ def run_python(code: str, *objects: object, tmp_path: Path) -> subprocess.Comple
 
 def test_encoded_tif_bytes_match_a_fresh_process(tmp_path: Path) -> None:
     code = (
-        "import hashlib\nfrom geoprep.shards import encode_image\n"
+        "import hashlib\nfrom geoprep.samples import encode_image\n"
         "print(hashlib.sha256(encode_image(args[0], 'tif')).hexdigest())"
     )
     result = run_python(code, image(), tmp_path=tmp_path)
@@ -218,7 +216,7 @@ def test_killed_run_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:
 
 def test_size_cap_splits_a_shard_into_ordered_parts(tmp_path: Path) -> None:
     keys = [f"k{i}" for i in range(5)]
-    one = len(shards.sample_members(sample("k0"), "tif")["s2.t0.tif"])
+    one = len(samples.sample_members(sample("k0"), "tif")["s2.t0.tif"])
     cap = 10240 * ((2 * one) // 10240 + 2)  # room for about two samples per part
     stats = write_shard(str(tmp_path), 0, keys, max_bytes=cap)
     names = [t.name for t in stats.tars]
@@ -305,7 +303,7 @@ def test_remote_output_through_fsspec(tmp_path: Path) -> None:
         lambda: ImageRecord("s2", "t0", np.zeros((3, 8, 8)), grid(), ["a", "b", "c"]),
         lambda: ImageRecord("s2", "t0", np.zeros((2, 32, 32)), grid(), ["a", "b", "c"]),
         lambda: ImageRecord("s.2", "t0", np.zeros((1, 32, 32)), grid(), ["a"]),
-        lambda: shards.sample_json(SampleRecord("a", {}, [image(), image(group="10m")]), "tif"),
+        lambda: samples.sample_json(SampleRecord("a", {}, [image(), image(group="10m")]), "tif"),
     ],
 )
 def test_invalid_records_are_refused(build) -> None:

@@ -26,6 +26,16 @@ class StandInHandler(BaseHTTPRequestHandler):
     def _state(self) -> Any:
         return self.server.stand_in_state  # type: ignore[attr-defined]
 
+    def end_headers(self) -> None:
+        # A client that sent `Connection: close` (internetarchive does on every request) gets it
+        # back, as from a real server; without it the client pools the connection this server
+        # is about to close, and its next request fails and is retried with a warning.
+        if self.close_connection and not any(
+            line.lower().startswith(b"connection:") for line in getattr(self, "_headers_buffer", [])
+        ):
+            self.send_header("Connection", "close")
+        super().end_headers()
+
     def log_message(self, format: str, *args: Any) -> None:
         # Logged under the module of the concrete handler, as each stand-in's own records.
         logging.getLogger(type(self).__module__).debug(
