@@ -34,6 +34,11 @@ def bench(monkeypatch: pytest.MonkeyPatch):
     return importlib.import_module("benchmarks.patch_throughput")
 
 
+@pytest.fixture
+def readers(bench):
+    return importlib.import_module("benchmarks.patch_readers")
+
+
 METHODS = [
     "geoprep (2 threads)",
     "geoprep (1 thread)",
@@ -70,15 +75,16 @@ def test_command_line_times_every_method_on_the_served_world(demo_world: Path, t
     assert "server CPU ms/patch" in done.stdout
 
 
-def _setup(bench):
+def _setup(readers):
     options = gdal_env()
     options.pop("GDAL_CACHEMAX")
-    return bench.Setup(bench.SENSORS["s2"], "bilinear", 2, options)
+    return readers.Setup(readers.SENSORS["s2"], "bilinear", 2, options)
 
 
-def test_local_files_give_the_same_patches_with_every_method(bench, demo_world: Path):
+def test_local_files_give_the_same_patches_with_every_method(bench, readers, demo_world: Path):
     jobs = _local_jobs(bench, demo_world, 2)
-    result = bench.run_source("local", jobs, False, _setup(bench), bench.methods(2, 4), 1, 0.0)
+    setup, methods = _setup(readers), readers.methods(2, 4)
+    result = bench.run_source("local", jobs, False, setup, methods, 1, 0.0)
     _check(result, 2, served=False)
 
 
@@ -89,24 +95,24 @@ def _local_jobs(bench, world: Path, n: int):
     return jobs
 
 
-def test_a_method_reading_other_pixels_stops_the_benchmark(bench, demo_world: Path):
+def test_a_method_reading_other_pixels_stops_the_benchmark(bench, readers, demo_world: Path):
     jobs = _local_jobs(bench, demo_world, 2)
 
     def one_pixel_east(jobs, href, setup):
         moved = [
-            bench.PatchJob(
+            readers.PatchJob(
                 job.location_id,
                 TargetGrid(job.grid.crs, job.grid.transform @ Affine.translation(1, 0), 32, 32),
                 job.item,
             )
             for job in jobs
         ]
-        return bench.read_geoprep(moved, href, setup)
+        return readers.read_geoprep(moved, href, setup)
 
-    setup = _setup(bench)
-    readers = {"geoprep": bench.read_geoprep, "naive": bench.read_naive, "east": one_pixel_east}
+    setup = _setup(readers)
+    chosen = {"geoprep": readers.read_geoprep, "naive": readers.read_naive, "east": one_pixel_east}
     with pytest.raises(SystemExit, match="different patches.*'east'"):
-        bench.run_source("local", jobs, False, setup, readers, 1, 0.0)
+        bench.run_source("local", jobs, False, setup, chosen, 1, 0.0)
 
 
 @pytest.mark.parametrize(
