@@ -25,7 +25,7 @@ from geoprep.audio import (
 )
 from geoprep.demo.aporee_world import build_aporee, read_manifest
 from geoprep.demo.archive_server import ArchiveStandIn
-from geoprep.demo.truth import build_truth
+from geoprep.demo.landscape import build_truth
 from geoprep.errors import UserError
 from geoprep.patches import LocationFailed
 from geoprep.samplers.aporee import AporeeSampler

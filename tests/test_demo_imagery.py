@@ -14,7 +14,7 @@ from rasterio.features import geometry_mask
 from scipy import ndimage
 from shapely.geometry import Polygon, shape
 
-from geoprep.demo.sensors import S2_GSD, SCL
+from geoprep.demo.s2_products import S2_GSD, SCL
 from geoprep.demo.truth import CHANGE_YEAR, CLASS_CODES, Truth
 from geoprep.demo.world import WorldManifest, build_world
 from geoprep.errors import UserError

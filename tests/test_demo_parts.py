@@ -22,6 +22,7 @@ from geoprep.demo import sounds
 from geoprep.demo.aporee_world import build_aporee, read_manifest
 from geoprep.demo.archive_server import ArchiveStandIn
 from geoprep.demo.fmow_world import CATEGORY_OF_CLASS, CHANGED_BUILT_UP, build_fmow
+from geoprep.demo.landscape import build_truth
 from geoprep.demo.osm_world import (
     EXTRACT_NAME,
     build_osm,
@@ -33,7 +34,7 @@ from geoprep.demo.osm_world import (
 )
 from geoprep.demo.overpass_server import OverpassStandIn
 from geoprep.demo.servers import OPTIONAL_SERVICES
-from geoprep.demo.truth import CHANGE_YEAR, CSF_CLASSES, YEARS, Truth, build_truth
+from geoprep.demo.truth import CHANGE_YEAR, CSF_CLASSES, YEARS, Truth
 from geoprep.overpass import features_from_elements
 from geoprep.samplers.aporee import AporeeSampler
 from geoprep.samplers.fmow import FMOW_CATEGORIES, FmowSampler

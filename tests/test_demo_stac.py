@@ -17,7 +17,7 @@ import rasterio
 import stac_pydantic
 from shapely.geometry import box, shape
 
-from geoprep.demo.sensors import STORAGE
+from geoprep.demo.products import STORAGE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "demo_pc"
 COLLECTIONS = ("landsat-c2-l2", "naip", "sentinel-1-rtc", "sentinel-2-l2a")

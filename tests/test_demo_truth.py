@@ -10,6 +10,7 @@ from pyproj import Transformer
 from rasterio.transform import Affine
 from shapely.geometry import Point, box
 
+from geoprep.demo.landscape import build_truth
 from geoprep.demo.truth import (
     ALWAYS_FROM,
     ALWAYS_TO,
@@ -19,7 +20,6 @@ from geoprep.demo.truth import (
     SCALE_SIDES,
     YEARS,
     Truth,
-    build_truth,
 )
 from geoprep.errors import UserError
 

@@ -27,22 +27,16 @@ from rasterio.transform import Affine
 from geoprep.demo import stac_items
 from geoprep.demo.aporee_world import aporee_part
 from geoprep.demo.fmow_world import fmow_part
+from geoprep.demo.landsat_products import write_landsat
+from geoprep.demo.landscape import build_truth
+from geoprep.demo.naip_products import NAIP_BANDS, write_naip
 from geoprep.demo.osm_world import osm_part
+from geoprep.demo.products import Scene, Shot
 from geoprep.demo.render import Grid, Sky, Surface
-from geoprep.demo.sensors import (
-    NAIP_BANDS,
-    Scene,
-    Shot,
-    ground_views,
-    mgrs_tile,
-    s2_baseline,
-    solar_angles,
-    write_landsat,
-    write_naip,
-    write_s1,
-    write_s2,
-)
-from geoprep.demo.truth import SEASON_DATES, SITES, Aoi, Truth, build_truth
+from geoprep.demo.s1_products import write_s1
+from geoprep.demo.s2_products import mgrs_tile, s2_baseline, write_s2
+from geoprep.demo.sensors import ground_views, solar_angles
+from geoprep.demo.truth import SEASON_DATES, SITES, Aoi, Truth
 from geoprep.errors import UserError
 
 log = logging.getLogger(__name__)
