@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -105,8 +106,11 @@ class PatchBuilder:
         audio_meta = None
         if self.audio is not None:  # first: a bad recording fails before any image is read
             extras, audio_meta = self.audio.make(row)
-        images = self._imagery(row, slots, candidates) if self.imagery is not None else []
-        slot_meta = {slot.name: slot.to_json() for slot in slots}
+        skipped: dict[str, LocationFailed] = {}
+        images = []
+        if self.imagery is not None:
+            images = self._imagery(row, slots, candidates, skipped)
+        slot_meta = {slot.name: slot.to_json() for slot in slots if slot.name not in skipped}
         if self.fmow is not None:
             from geoprep.fmow_images import slot_entries
 
@@ -126,23 +130,54 @@ class PatchBuilder:
             "recipe_digest": self.digest,
             "location": {k: v for k, v in row.items() if k not in _META_COLUMNS},
         }
+        if self._min_found() is not None:
+            meta["skipped_slots"] = {
+                name: {"reason": failure.reason, "detail": failure.detail}
+                for name, failure in skipped.items()
+            }
         if audio_meta is not None:
             meta["audio"] = audio_meta
         return SampleRecord(key=str(row["id"]), meta=meta, images=images, extras=extras)
 
-    def _imagery(self, row, slots: list[Slot], candidates) -> list[ImageRecord]:
+    def _imagery(
+        self, row, slots: list[Slot], candidates, skipped: dict[str, LocationFailed]
+    ) -> list[ImageRecord]:
+        """The images of every slot. With `min_found` (timestamps mode) a slot that cannot be
+        completed is left out and recorded in `skipped`, as long as enough slots remain."""
         if not slots:  # e.g. a timestamps column without a readable date
             raise LocationFailed("no_dates", "the location has no time slot")
         sensors = self.active_sensors(candidates)
         grids = self.location_grids(row, candidates)
         if isinstance(self.imagery.time, SingleTime):
             return self._coterminous(slots[0], candidates, grids, sensors)
+        min_found = self._min_found()
         images: list[ImageRecord] = []
         for slot in slots:
-            for sensor in sensors:
-                found = candidates.get(sensor, [])
-                images += self._first_clear(sensor, slot, found, grids[sensor])
+            try:
+                images += [
+                    image
+                    for sensor in sensors
+                    for image in self._first_clear(
+                        sensor, slot, candidates.get(sensor, []), grids[sensor]
+                    )
+                ]
+            except LocationFailed as failure:
+                if min_found is None:
+                    raise
+                skipped[slot.name] = failure
+        if min_found is not None and len(slots) - len(skipped) < min_found:
+            reasons = Counter(failure.reason for failure in skipped.values())
+            details = "; ".join(failure.detail for failure in skipped.values())
+            raise LocationFailed(
+                reasons.most_common(1)[0][0] if reasons else "too_few_dates",
+                f"{len(slots) - len(skipped)} of {len(slots)} dates matched, "
+                f"{min_found} needed ({details})",
+            )
         return images
+
+    def _min_found(self) -> int | None:
+        """How many dates a timestamps location needs (None: all of them, or another mode)."""
+        return getattr(self.imagery.time, "min_found", None) if self.imagery else None
 
     def active_sensors(self, candidates: Mapping[str, list[pystac.Item]]) -> list[str]:
         """The sensors this location uses: a `fallback_for` sensor replaces the sensor it backs

@@ -119,6 +119,13 @@ class TimestampsTime(_Spec):
     dates: list[dt.date] = Field(default_factory=list)
     column: str | None = Field(None, description="location column holding a JSON list of dates")
     window_days: int = Field(30, ge=0)
+    min_found: int | None = Field(
+        None,
+        ge=1,
+        description="keep a location when at least this many of its dates have a clear scene of "
+        "every sensor, leaving the other dates out (fMoW-Sentinel drops the fMoW images from "
+        "before Sentinel-2); default: every date is required",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TimestampsTime:

@@ -392,6 +392,16 @@ def seasonal_build(services, tmp_module) -> tuple[Recipe, Path]:
     return recipe, out
 
 
+def dated_imagery(services: WorldServices, **time) -> dict:
+    """S2 B08 at 10 m near each date of the locations' `dates` column (timestamps mode)."""
+    return {
+        "catalogs": {"pc": pc_catalog(services)},
+        "sensors": {"s2": {"catalog": "pc", "collection": "sentinel-2-l2a", "assets": ["B08"]}},
+        "time": {"mode": "timestamps", "column": "dates", "window_days": 3, **time},
+        "grid": {"layout": "common", "gsd": 10, "size": 32},
+    }
+
+
 @pytest.fixture(scope="module")
 def timestamps_build(services, tmp_module) -> tuple[Recipe, Path]:
     """fMoW-like: each location's own dates; Victoria's western edge has no data in April 2022
@@ -403,13 +413,7 @@ def timestamps_build(services, tmp_module) -> tuple[Recipe, Path]:
         place(world, "victoria", -380, 0, id="victoria-edge", dates='["2022-04-11"]'),
         place(world, "iowa", 100, 0, id="iowa-undated", dates="[]"),
     ]
-    imagery = {
-        "catalogs": {"pc": pc_catalog(services)},
-        "sensors": {"s2": {"catalog": "pc", "collection": "sentinel-2-l2a", "assets": ["B08"]}},
-        "time": {"mode": "timestamps", "column": "dates", "window_days": 3},
-        "grid": {"layout": "common", "gsd": 10, "size": 32},
-    }
-    recipe = make_recipe(tmp_module, "timestamps", rows, imagery)
+    recipe = make_recipe(tmp_module, "timestamps", rows, dated_imagery(services))
     out = tmp_module / "timestamps"
     build(recipe, str(out), io_threads=4)
     return recipe, out
@@ -540,6 +544,39 @@ def test_timestamps_take_each_locations_own_dates(timestamps_build, services):
         for entry in json.loads(path.read_text())["failed"]
     }
     assert failed == {"victoria-edge": "no_clear_scene", "iowa-undated": "no_dates"}
+
+
+@pytest.mark.parametrize("min_found", [1, 2])
+def test_timestamps_with_min_found_leave_out_the_dates_without_a_scene(
+    services, tmp_path, min_found
+):
+    """fMoW-Sentinel keeps the fMoW dates that Sentinel-2 saw: 2020 has no scene in the world."""
+    world = services.world_dir
+    rows = [
+        place(world, "bavaria", 300, 0, id="bavaria-2020", dates='["2019-07-08", "2020-07-16"]'),
+        place(world, "iowa", 0, 0, id="iowa-one", dates='["2019-07-07"]'),
+    ]
+    imagery = dated_imagery(services, min_found=min_found)
+    recipe = make_recipe(tmp_path, "min-found", rows, imagery)
+    summary = build(recipe, str(tmp_path / "out"), io_threads=2)
+    failed = {
+        entry["id"]: entry
+        for path in (tmp_path / "out" / "shards").glob("*_stats.json")
+        for entry in json.loads(path.read_text())["failed"]
+    }
+    if min_found == 1:
+        docs = check_samples(tmp_path / "out", recipe, world)
+        assert sorted(docs) == ["bavaria-2020", "iowa-one"] and not failed
+        bavaria = docs["bavaria-2020"]
+        assert [e["member"] for e in bavaria["images"]] == ["s2.t0.tif"]
+        assert list(bavaria["slots"]) == ["t0"]
+        assert bavaria["skipped_slots"]["t1"]["reason"] == "no_scene"
+        assert docs["iowa-one"]["skipped_slots"] == {}
+    else:
+        assert summary.samples == 0
+        assert failed["bavaria-2020"]["reason"] == "no_scene"
+        assert "1 of 2 dates matched, 2 needed" in failed["bavaria-2020"]["detail"]
+        assert failed["iowa-one"]["reason"] == "too_few_dates"
 
 
 def test_radar_and_optical_share_the_grid_of_each_resolution(radar_optical_build, services):

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 #: The demo recipes the demo plans, then those it builds, in order.
 PLAN_RECIPES = ("urban", "osm-csf12")
-BUILD_RECIPES = ("csf", "caco", "csf-osm-eval", "aporee", "fmow")
+BUILD_RECIPES = ("csf", "caco", "csf-osm-eval", "aporee", "fmow", "fmow-sentinel")
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 
 
@@ -68,9 +68,9 @@ def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]
             "sampler.secure=false",
             f"audio.proxy={services.archive_proxy_url}",
         ]
-    if name == "fmow":
+    if name in ("fmow", "fmow-sentinel"):
         overrides += [f"sampler.root={world / 'fmow' / 'fMoW-rgb'}"]
-    if name in ("csf", "caco", "csf-osm-eval", "aporee"):  # the recipes with imagery
+    if name in ("csf", "caco", "csf-osm-eval", "aporee", "fmow-sentinel"):  # with imagery
         overrides += [f"imagery.catalogs.pc.url={services.stac_url}"]
     return overrides
 
