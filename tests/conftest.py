@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+from collections.abc import Iterator
+
 import pytest
 from planetary_computer import sas as pc_sas
 from planetary_computer.settings import Settings as PcSettings
@@ -34,3 +38,55 @@ def services(demo_world):
         fresh_tokens(served)
         yield served
         fresh_tokens(served)
+
+
+@pytest.fixture
+def pc_sdk(services: WorldServices, monkeypatch: pytest.MonkeyPatch):
+    """planetary_computer signing through the served world's token service, caches emptied;
+    yields the token service (the module's own `services` where it defines one)."""
+    monkeypatch.setenv("PC_SDK_SAS_URL", services.sas_token_url)
+    monkeypatch.delenv("PC_SDK_SUBSCRIPTION_KEY", raising=False)
+    fresh_tokens(services)
+    yield services.sas_server
+    fresh_tokens(services)
+
+
+class ServeRun:
+    """Starts `... serve` commands in subprocesses and stops them as a user would."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, command: list[str]) -> tuple[subprocess.Popen, list[str]]:
+        """The running server and the lines it printed up to its `serving;` line."""
+        server = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.started.append(server)
+        lines = []
+        for line in server.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("serving;"):
+                break
+        return server, lines
+
+    @staticmethod
+    def stop(server: subprocess.Popen, signal_number: int = signal.SIGINT) -> None:
+        """Send `signal_number`; the server must exit 0 after printing `stopped`."""
+        server.send_signal(signal_number)
+        assert server.wait(timeout=30) == 0
+        assert server.stdout.read().strip().endswith("stopped")
+
+    def kill_left_over(self) -> None:
+        for server in self.started:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+
+@pytest.fixture
+def serve_run() -> Iterator[ServeRun]:
+    """A `ServeRun` whose servers are killed at teardown if a test left them running."""
+    runner = ServeRun()
+    yield runner
+    runner.kill_left_over()

@@ -121,38 +121,18 @@ def test_help_mentions_serve():
     assert "demo-world serve OUT" in result.stdout
 
 
-def test_serve_prints_urls_answers_and_stops_on_ctrl_c(built):
-    out = built.out
-    server = subprocess.Popen(
-        [*_geoprep(), "demo-world", "serve", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+def test_serve_prints_urls_answers_and_stops_on_ctrl_c(built, serve_run):
+    server, lines = serve_run.start([*_geoprep(), "demo-world", "serve", str(built.out)])
+    urls = dict(
+        re.match(r"(STAC API|SAS tokens|blob store)\s+(http://127\.0\.0\.1:\d+\S*)", line).groups()
+        for line in lines
+        if re.match(r"(STAC API|SAS tokens|blob store)\s", line)
     )
-    try:
-        lines = []
-        for line in server.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("serving;"):
-                break
-        urls = dict(
-            re.match(
-                r"(STAC API|SAS tokens|blob store)\s+(http://127\.0\.0\.1:\d+\S*)", line
-            ).groups()
-            for line in lines
-            if re.match(r"(STAC API|SAS tokens|blob store)\s", line)
-        )
-        assert set(urls) == {"STAC API", "SAS tokens", "blob store"}, lines
-        landing = requests.get(urls["STAC API"] + "/", proxies=NO_PROXY, timeout=10).json()
-        assert landing["type"] == "Catalog"
-        assert any(link["rel"] == "search" for link in landing["links"])
-        assert "export PC_SDK_SAS_URL=" + urls["SAS tokens"] in lines
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=30) == 0
-        assert server.stdout.read().strip().endswith("stopped")
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    assert set(urls) == {"STAC API", "SAS tokens", "blob store"}, lines
+    landing = requests.get(urls["STAC API"] + "/", proxies=NO_PROXY, timeout=10).json()
+    assert landing["type"] == "Catalog"
+    assert any(link["rel"] == "search" for link in landing["links"])
+    assert "export PC_SDK_SAS_URL=" + urls["SAS tokens"] in lines
+    serve_run.stop(server, signal.SIGINT)
     ports = [int(url.rsplit(":", 1)[1].split("/")[0]) for url in urls.values()]
     assert not any(port_is_open(port) for port in ports)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,8 +17,6 @@ import pytest
 import rasterio
 import requests
 from affine import Affine
-from planetary_computer import sas as pc_sas
-from planetary_computer.settings import Settings as PcSettings
 from pystac_client import Client
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
@@ -29,7 +26,7 @@ from geoprep.demo import file_server
 from geoprep.demo.archive_server import ItemFile, write_item
 from geoprep.demo.file_server import FileServer, port_is_open
 from geoprep.demo.sas_server import SasTokenServer, mint_token
-from geoprep.demo.servers import WorldServices, serve_forever, serve_world
+from geoprep.demo.servers import serve_forever, serve_world
 from geoprep.errors import UserError
 from geoprep.osm_pbf import write_pbf
 from geoprep.overpass import OsmFeature
@@ -146,20 +143,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def services(world: Path):
     with serve_world(world) as served:
         yield served
-
-
-@pytest.fixture
-def pc_sdk(services: WorldServices, monkeypatch: pytest.MonkeyPatch):
-    """planetary_computer pointed at the stand-in, with its settings and token caches empty."""
-    monkeypatch.setenv("PC_SDK_SAS_URL", services.sas_token_url)
-    monkeypatch.delenv("PC_SDK_SUBSCRIPTION_KEY", raising=False)
-    PcSettings.get.cache_clear()
-    pc_sas.TOKEN_CACHE.clear()
-    assert services.sas_server is not None
-    services.sas_server.token_requests.clear()
-    yield services.sas_server
-    PcSettings.get.cache_clear()
-    pc_sas.TOKEN_CACHE.clear()
 
 
 def _ids(search) -> set[str]:
@@ -471,30 +454,16 @@ def test_serve_forever_announces_and_stops(world):
     assert not port_is_open(stac_port)
 
 
-def test_serve_forever_stops_on_sigterm_without_leaving_processes(world):
+def test_serve_forever_stops_on_sigterm_without_leaving_processes(world, serve_run):
     script = (
         "import sys; from geoprep.demo.servers import serve_forever; serve_forever(sys.argv[1])"
     )
-    server = subprocess.Popen(
-        [sys.executable, "-c", script, str(world)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        lines = []
-        for line in server.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("serving;"):
-                break
-        stac_port = int(next(line for line in lines if line.startswith("STAC API")).split(":")[-1])
-        assert requests.get(f"http://127.0.0.1:{stac_port}/", proxies=NO_PROXY, timeout=5).ok
-        children = _children(server.pid)
-        assert children, "the STAC API runs in a child process"
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-        assert server.stdout.read().strip().endswith("stopped")
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    server, lines = serve_run.start([sys.executable, "-c", script, str(world)])
+    stac_port = int(next(line for line in lines if line.startswith("STAC API")).split(":")[-1])
+    assert requests.get(f"http://127.0.0.1:{stac_port}/", proxies=NO_PROXY, timeout=5).ok
+    children = _children(server.pid)
+    assert children, "the STAC API runs in a child process"
+    serve_run.stop(server, signal.SIGTERM)
     assert not port_is_open(stac_port)
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
 

@@ -14,16 +14,12 @@ import planetary_computer
 import pystac
 import pytest
 import rasterio
-from planetary_computer import sas as pc_sas
-from planetary_computer.settings import Settings as PcSettings
 from pystac.errors import STACValidationError
 from pystac.validation import validate_dict
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from pystac_client import Client
 from rasterio.windows import Window
 from shapely.geometry import box, shape
-
-from geoprep.demo.servers import WorldServices, serve_world
 
 FLAVOURS = ("pc", "local")
 #: The data asset each collection is read through in the range-request check.
@@ -173,12 +169,6 @@ def test_the_validator_rejects_broken_documents(demo_world, kind, mutate):
 
 
 @pytest.fixture(scope="module")
-def services(demo_world):
-    with serve_world(demo_world) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
 def static_items(demo_world) -> list[dict]:
     return [doc for _, doc in _documents(demo_world, "pc") if doc["type"] == "Feature"]
 
@@ -309,18 +299,6 @@ def test_served_search_pages_through_every_item(services, static_items):
         assert {k: _instant(got[k]) for k in times & set(got)} == {
             k: _instant(want[k]) for k in times & set(want)
         }
-
-
-@pytest.fixture
-def pc_sdk(services: WorldServices, monkeypatch: pytest.MonkeyPatch):
-    """planetary_computer signing through the loopback token service, caches emptied."""
-    monkeypatch.setenv("PC_SDK_SAS_URL", services.sas_token_url)
-    monkeypatch.delenv("PC_SDK_SUBSCRIPTION_KEY", raising=False)
-    PcSettings.get.cache_clear()
-    pc_sas.TOKEN_CACHE.clear()
-    yield
-    PcSettings.get.cache_clear()
-    pc_sas.TOKEN_CACHE.clear()
 
 
 def _local_asset(world: Path, item: pystac.Item, key: str) -> Path:
