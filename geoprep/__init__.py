@@ -1,10 +1,49 @@
-"""geoprep: plan, fetch and shard Earth-observation data for self-supervised pretraining."""
+"""geoprep: plan, fetch and shard Earth-observation data for self-supervised pretraining.
 
+The public API (what users and geossl import; every other module is internal):
+
+    load_recipe, plan, build            recipe → locations → shards
+    inspect_dataset                     check a built dataset and compute its band statistics
+    open_dataset, shard_urls            a dataset's tars, streamed as `Sample`s
+    decoder, Sample, GeoArray           decode WebDataset members, keeping georeferencing
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("geoprep")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+# name → module. Resolved on first use: the build side imports rasterio, GDAL and dask, which a
+# training process that only reads shards should not pay for.
+_PUBLIC = {
+    "load_recipe": "geoprep.recipe",
+    "plan": "geoprep.plan",
+    "build": "geoprep.build",
+    "inspect_dataset": "geoprep.inspect",
+    "open_dataset": "geoprep.reader",
+    "shard_urls": "geoprep.reader",
+    "decoder": "geoprep.reader",
+    "Sample": "geoprep.reader",
+    "GeoArray": "geoprep.reader",
+    "SampleError": "geoprep.reader",
+    "UserError": "geoprep.errors",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geoprep' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
