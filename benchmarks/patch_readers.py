@@ -13,8 +13,8 @@ import rasterio
 from rasterio.enums import Resampling as RioResampling
 from rasterio.vrt import WarpedVRT
 
-from geoprep.grid import TargetGrid
-from geoprep.raster import DatasetCache, read_patch
+from geoprep.building.grid import TargetGrid
+from geoprep.building.raster import DatasetCache, read_patch
 
 Href = Callable[[str], str]
 
@@ -52,8 +52,8 @@ class Setup:
 
 
 def read_geoprep(jobs: list[PatchJob], href: Href, setup: Setup) -> list[np.ndarray]:
-    """As `geoprep.build.build_shard` reads: locations on an I/O thread pool, in order of their
-    scene, one `DatasetCache` for the run, `read_patch` per asset."""
+    """As `geoprep.building.build.build_shard` reads: locations on an I/O thread pool, in order
+    of their scene, one `DatasetCache` for the run, `read_patch` per asset."""
     results: dict[int, np.ndarray] = {}
 
     def one(index: int) -> None:

@@ -42,11 +42,11 @@ from benchmarks.patch_readers import (
     close_pools,
     methods,
 )
-from geoprep.catalogs import Catalog, open_catalog
-from geoprep.errors import SourceError, UserError
-from geoprep.grid import TargetGrid
-from geoprep.raster import gdal_env
-from geoprep.specs import CatalogSpec
+from geoprep.building.catalogs import Catalog, open_catalog
+from geoprep.building.grid import TargetGrid
+from geoprep.building.raster import gdal_env
+from geoprep.core.errors import SourceError, UserError
+from geoprep.recipe.sections import CatalogSpec
 
 console = Console(stderr=True)
 

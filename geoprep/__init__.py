@@ -20,17 +20,17 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # name → module. Resolved on first use: the build side imports rasterio, GDAL and dask, which a
 # training process that only reads shards should not pay for.
 _PUBLIC = {
-    "load_recipe": "geoprep.recipe",
-    "plan": "geoprep.plan",
-    "build": "geoprep.build",
-    "inspect_dataset": "geoprep.inspect",
+    "load_recipe": "geoprep.recipe.model",
+    "plan": "geoprep.planning.plan",
+    "build": "geoprep.building.build",
+    "inspect_dataset": "geoprep.inspect.dataset",
     "open_dataset": "geoprep.reader",
     "shard_urls": "geoprep.reader",
     "decoder": "geoprep.reader",
     "Sample": "geoprep.reader",
     "GeoArray": "geoprep.reader",
     "SampleError": "geoprep.reader",
-    "UserError": "geoprep.errors",
+    "UserError": "geoprep.core.errors",
 }
 
 __all__ = ["__version__", *_PUBLIC]

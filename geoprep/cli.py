@@ -11,8 +11,8 @@ import time
 from rich.table import Table
 
 from geoprep import __version__
-from geoprep.errors import SourceError, UserError
-from geoprep.progress import console, progress_bar
+from geoprep.core.errors import SourceError, UserError
+from geoprep.core.progress import console, progress_bar
 
 log = logging.getLogger("geoprep")
 
@@ -171,8 +171,8 @@ def _add_world_args(parser: argparse.ArgumentParser, scale_help: str | None) -> 
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from geoprep.plan import plan
-    from geoprep.recipe import load_recipe
+    from geoprep.planning.plan import plan
+    from geoprep.recipe.model import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     started = time.perf_counter()
@@ -199,7 +199,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from geoprep.recipe import load_recipe
+    from geoprep.recipe.model import load_recipe
 
     overrides = list(args.overrides)
     if args.samples_per_shard is not None:
@@ -215,7 +215,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def run_build(recipe, out: str, workers: int = 1, io_threads: int = 8, dask: str | None = None):
     """Build with a live bar (shards, samples/s, failures) and a final summary table."""
-    from geoprep.build import build
+    from geoprep.building.build import build
 
     with progress_bar(f"build {recipe.name}") as bar:
         counts = {"samples": 0, "failed": 0}
@@ -255,7 +255,7 @@ def run_build(recipe, out: str, workers: int = 1, io_threads: int = 8, dask: str
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from geoprep.inspect import inspect_dataset
+    from geoprep.inspect.dataset import inspect_dataset
 
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
@@ -284,7 +284,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import yaml
 
-    from geoprep.recipe import load_recipe
+    from geoprep.recipe.model import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")

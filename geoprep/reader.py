@@ -27,9 +27,9 @@ import soundfile
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
-from geoprep.errors import UserError
-from geoprep.shards import done_shards, read_stats
-from geoprep.storage import is_local, join, local_path, read_bytes
+from geoprep.core.errors import UserError
+from geoprep.core.storage import is_local, join, local_path, read_bytes
+from geoprep.shards.writer import done_shards, read_stats
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from geoprep.catalogs import open_catalog
-from geoprep.errors import UserError
-from geoprep.grid import TargetGrid
-from geoprep.raster import gdal_env
-from geoprep.specs import CatalogSpec
+from geoprep.building.catalogs import open_catalog
+from geoprep.building.grid import TargetGrid
+from geoprep.building.raster import gdal_env
+from geoprep.core.errors import UserError
+from geoprep.recipe.sections import CatalogSpec
 
 pytest.importorskip("odc.stac", reason="the benchmark needs the 'bench' extra (odc-stac)")
 

@@ -13,10 +13,10 @@ import soundfile
 import webdataset as wds
 
 from geoprep import reader
-from geoprep.errors import UserError
+from geoprep.core.errors import UserError
 from geoprep.reader import GeoArray, Sample, SampleError, open_dataset, shard_urls
-from geoprep.samples import ImageRecord, SampleRecord, encode_image
-from geoprep.shards import ShardWriter, write_manifest
+from geoprep.shards.records import ImageRecord, SampleRecord, encode_image
+from geoprep.shards.writer import ShardWriter, write_manifest
 
 S2_BANDS = ["B02", "B03", "B04", "B08"]
 S1_BANDS = ["vv", "vh"]

@@ -27,7 +27,7 @@ import requests
 import uvicorn
 from starlette.responses import FileResponse, Response
 
-from geoprep.errors import SourceError, UserError
+from geoprep.core.errors import SourceError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
+from geoprep.core.errors import UserError
 from geoprep.demo.truth import (
     ALWAYS_FROM,
     ALWAYS_TO,
@@ -29,7 +30,6 @@ from geoprep.demo.truth import (
     Truth,
     make_aoi,
 )
-from geoprep.errors import UserError
 
 
 def build_truth(seed: int = 0, scale: str = "small") -> Truth:

@@ -30,9 +30,9 @@ from shapely.geometry import LineString, MultiPolygon, Polygon, box
 
 from geoprep.demo.overpass_server import OverpassStandIn
 from geoprep.demo.truth import YEARS, Truth
-from geoprep.osm_pbf import write_pbf
-from geoprep.overpass import OsmFeature, build_query
-from geoprep.samplers.osm import DEFAULT_CLASSES, parse_tag
+from geoprep.planning.osm_pbf import write_pbf
+from geoprep.planning.overpass import OsmFeature, build_query
+from geoprep.planning.samplers.osm import DEFAULT_CLASSES, parse_tag
 
 if TYPE_CHECKING:
     from geoprep.demo.world import PartContext

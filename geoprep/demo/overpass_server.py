@@ -1,7 +1,7 @@
 """An offline stand-in for the Overpass API: area queries and the status page on loopback.
 
-The server answers from a list of :class:`~geoprep.overpass.OsmFeature` (hole-free polygons or
-lines as ways, (multi)polygons as multipolygon relations), in the real response shapes:
+The server answers from a list of :class:`~geoprep.planning.overpass.OsmFeature` (hole-free
+polygons or lines as ways, (multi)polygons as multipolygon relations), in the real response shapes:
 
 * ``POST /api/interpreter`` (form field ``data``, or the raw query as body) and
   ``GET /api/interpreter?data=...``: Overpass JSON (``version``, ``generator``, ``osm3s``,
@@ -36,8 +36,8 @@ from urllib.parse import parse_qs, urlsplit
 from shapely.geometry import box
 
 from geoprep.demo.http_standin import StandInHandler, ThreadedStandIn
-from geoprep.osm_pbf import features_to_primitives
-from geoprep.overpass import OsmFeature
+from geoprep.planning.osm_pbf import features_to_primitives
+from geoprep.planning.overpass import OsmFeature
 
 log = logging.getLogger(__name__)
 

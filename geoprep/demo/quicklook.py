@@ -27,11 +27,11 @@ from PIL import Image
 from rasterio.enums import Resampling
 from shapely.geometry import box
 
+from geoprep.core.errors import UserError
+from geoprep.core.landmask import ocean_mask_rows
 from geoprep.demo.aporee_world import read_manifest
 from geoprep.demo.truth import CHANGE_YEAR, CLASS_CODES, SEASON_DATES, Truth
 from geoprep.demo.world import WorldManifest
-from geoprep.errors import UserError
-from geoprep.landmask import ocean_mask_rows
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from geoprep.core.progress import console, progress_bar
 from geoprep.demo.servers import WorldServices, serve_world
-from geoprep.progress import console, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]
 def run_demo(out: Path, seed: int = 0, scale: str = "small", workers: int = 2) -> list[StageResult]:
     """Run every stage that exists on the demo world under `out`; return what each produced."""
     from geoprep.cli import run_build
-    from geoprep.plan import plan
-    from geoprep.recipe import load_recipe
+    from geoprep.planning.plan import plan
+    from geoprep.recipe.model import load_recipe
 
     out = Path(out)
     world = out / "world"
@@ -113,7 +113,7 @@ def run_demo(out: Path, seed: int = 0, scale: str = "small", workers: int = 2) -
 
 def inspect_stage(name: str, dataset: Path) -> StageResult:
     """Check a built demo dataset and draw its report into DATASET/report."""
-    from geoprep.inspect import inspect_dataset
+    from geoprep.inspect.dataset import inspect_dataset
 
     started = time.perf_counter()
     report = dataset / "report"

@@ -17,10 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
+from geoprep.core.errors import UserError
 from geoprep.demo.file_server import FileServer
 from geoprep.demo.sas_server import SasTokenServer
 from geoprep.demo.stac_server import StacApiServer
-from geoprep.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class OptionalService:
 
 @contextmanager
 def _launch_overpass(module: ModuleType, part_dir: Path) -> Iterator[str]:
-    from geoprep.osm_pbf import read_pbf_features
+    from geoprep.planning.osm_pbf import read_pbf_features
 
     extracts = sorted(part_dir.glob("*.osm.pbf"))
     if not extracts:

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from geoprep.core.errors import SourceError, UserError
 from geoprep.demo.file_server import LOOPBACK, wait_until_answers
-from geoprep.errors import SourceError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from rasterio.features import rasterize as burn
 from rasterio.transform import Affine
 from shapely.geometry import box, mapping
 
-from geoprep.errors import UserError
+from geoprep.core.errors import UserError
 
 #: The twelve land-cover targets of the CSF sampler.
 CSF_CLASSES = (

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.transform import Affine
 
+from geoprep.core.errors import UserError
 from geoprep.demo import stac_items
 from geoprep.demo.aporee_world import aporee_part
 from geoprep.demo.fmow_world import fmow_part
@@ -37,7 +38,6 @@ from geoprep.demo.s1_products import write_s1
 from geoprep.demo.s2_products import mgrs_tile, s2_baseline, write_s2
 from geoprep.demo.sensors import ground_views, solar_angles
 from geoprep.demo.truth import SEASON_DATES, SITES, Aoi, Truth
-from geoprep.errors import UserError
 
 log = logging.getLogger(__name__)
 

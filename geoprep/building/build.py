@@ -1,0 +1,342 @@
+"""The build stage: planned locations → shard tasks → WebDataset shards; resumable, distributed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from geoprep.building.audio import AudioMaker
+from geoprep.building.catalogs import open_catalog
+from geoprep.building.fmow import FmowImageReader, category_table
+from geoprep.building.imagery import LocationFailed, PatchBuilder, location_slots
+from geoprep.building.raster import DatasetCache
+from geoprep.core.errors import UserError
+from geoprep.core.signing import redact
+from geoprep.core.storage import join, makedirs, read_bytes, write_bytes_atomic
+from geoprep.planning.plan import PLAN_FILE, plan, read_locations
+from geoprep.recipe.model import Recipe
+from geoprep.shards.writer import (
+    ShardStats,
+    ShardWriter,
+    clean_partial,
+    done_shards,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+BUILD_RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs for one shard; picklable, so it travels to processes and Dask."""
+
+    recipe: dict[str, Any]
+    out: str
+    index: int
+    rows: list[dict[str, Any]]
+    io_threads: int = 8
+
+
+@dataclass
+class BuildSummary:
+    out: str
+    shards: int
+    built: int
+    skipped: int
+    samples: int
+    failures: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+# ---------------------------------------------------------------------- one shard (worker side)
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_builder(recipe: Recipe) -> PatchBuilder:
+    """Catalogs, the dataset cache, HTTP sessions and readers live once per worker process and
+    are reused across its shards."""
+    key = recipe.model_dump_json()
+    if _WORKER_STATE.get("key") != key:
+        if _WORKER_STATE.get("audio") is not None:
+            _WORKER_STATE["audio"].close()
+        imagery = recipe.imagery
+        catalogs = {n: open_catalog(s) for n, s in imagery.catalogs.items()} if imagery else {}
+        audio = AudioMaker(recipe.audio, recipe.seed) if recipe.audio is not None else None
+        fmow = None
+        if recipe.fmow_images is not None:
+            fmow = FmowImageReader(recipe.fmow_images, fmow_root(recipe))
+        builder = PatchBuilder(recipe, catalogs, DatasetCache(), audio, fmow)
+        _WORKER_STATE.update(key=key, builder=builder, audio=audio)
+    return _WORKER_STATE["builder"]
+
+
+def _io_pool(threads: int) -> ThreadPoolExecutor:
+    """One I/O pool per worker process: a new thread costs GDAL and PROJ set-up each time."""
+    threads = max(1, threads)
+    if _WORKER_STATE.get("pool_threads") != threads:
+        if _WORKER_STATE.get("pool") is not None:
+            _WORKER_STATE["pool"].shutdown(wait=True)
+        _WORKER_STATE.update(pool=ThreadPoolExecutor(threads), pool_threads=threads)
+    return _WORKER_STATE["pool"]
+
+
+def fmow_root(recipe: Recipe) -> str:
+    root = recipe.fmow_images.root or getattr(recipe.sampler, "root", None)
+    if root is None:
+        raise UserError("fmow_images.root is required unless the sampler is fmow (its root)")
+    return str(root)
+
+
+def build_shard(task: ShardTask) -> ShardStats:
+    """Build, write and commit one shard; failures of single locations are recorded, not raised."""
+    started = time.perf_counter()
+    recipe = Recipe.model_validate(task.recipe)
+    builder = _worker_builder(recipe)
+    rows = task.rows
+    slots: dict[str, list] = {row["id"]: [] for row in rows}
+    candidates: dict[str, dict[str, list]] = {}
+    if recipe.imagery is not None:
+        slots = {row["id"]: location_slots(recipe, row) for row in rows}
+        candidates = _find_candidates(recipe, builder.catalogs, rows, slots)
+
+    # Work in order of the first candidate scene so neighbouring locations share open datasets
+    # and cached blocks; the shard is still written in plan order.
+    def first_item(row: dict[str, Any]) -> str:
+        for per_sensor in candidates.values():
+            if per_sensor.get(row["id"]):
+                return per_sensor[row["id"]][0].id
+        return ""
+
+    order = sorted(range(len(rows)), key=lambda i: (first_item(rows[i]), i))
+    results: dict[int, Any] = {}
+
+    def run(i: int):
+        row = rows[i]
+        per_location = {sensor: found.get(row["id"], []) for sensor, found in candidates.items()}
+        try:
+            return builder.build(row, slots[row["id"]], per_location)
+        except LocationFailed as failure:
+            return failure
+        except Exception as error:  # one broken location must not stop the shard
+            # redacted: messages of lower layers may quote signed URLs
+            log.debug("location %s failed:\n%s", row["id"], redact(traceback.format_exc()))
+            return LocationFailed("error", f"{type(error).__name__}: {error}")
+
+    pool = _io_pool(task.io_threads)
+    futures = {pool.submit(run, i): i for i in order}
+    for future in as_completed(futures):
+        results[futures[future]] = future.result()
+
+    with ShardWriter.from_spec(task.out, task.index, recipe.output) as writer:
+        for i, row in enumerate(rows):
+            result = results[i]
+            if isinstance(result, LocationFailed):
+                writer.fail(str(row["id"]), result.reason, result.detail)
+            else:
+                writer.add(result)
+        return writer.close(time.perf_counter() - started)
+
+
+def _find_candidates(recipe, catalogs, rows, slots) -> dict[str, dict[str, list]]:
+    """Per sensor, the items over each location in any of its slots: one catalog call per sensor."""
+    frame = pd.DataFrame([{"id": r["id"], "lat": r["lat"], "lon": r["lon"]} for r in rows])
+    windows = {row["id"]: [slot.window for slot in slots[row["id"]]] for row in rows}
+    found = {}
+    for sensor, spec in recipe.imagery.sensors.items():
+        found[sensor] = catalogs[spec.catalog].candidates_in_windows(
+            frame, spec.collection, windows, spec.max_cloud_cover, spec.filter
+        )
+    return found
+
+
+# ---------------------------------------------------------------------- the whole build (driver)
+def ensure_plan(recipe: Recipe, out: str) -> pd.DataFrame:
+    """The plan under OUT/plan, made now unless one of the same plan sections is there."""
+    plan_dir = join(out, "plan")
+    try:
+        existing = json.loads(read_bytes(join(plan_dir, PLAN_FILE)))
+    except FileNotFoundError:
+        existing = {}
+    if existing.get("plan_digest") != recipe.plan_digest():
+        plan(recipe, plan_dir)
+    return read_locations(plan_dir)
+
+
+def shard_tasks(
+    recipe: Recipe, out: str, locations: pd.DataFrame, io_threads: int
+) -> list[ShardTask]:
+    per_shard = recipe.output.samples_per_shard
+    records = _records(locations)
+    n_shards = math.ceil(len(records) / per_shard)
+    dump = recipe.model_dump(mode="json")
+    return [
+        ShardTask(dump, out, i, records[i * per_shard : (i + 1) * per_shard], io_threads)
+        for i in range(n_shards)
+    ]
+
+
+def _records(locations: pd.DataFrame) -> list[dict[str, Any]]:
+    frame = pd.DataFrame(locations.drop(columns=["geometry"], errors="ignore"))
+    rows = []
+    for row in frame.to_dict(orient="records"):
+        rows.append({k: _plain(v) for k, v in row.items()})
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def check_output(recipe: Recipe, out: str) -> None:
+    """Refuse to resume into a directory built from another recipe: shards would mix.
+
+    Until a shard is committed there is nothing to mix, so a recipe fixed after a failed first
+    attempt (a typo in a catalog URL, say) may take over the directory.
+    """
+    path = join(out, BUILD_RECIPE_FILE)
+    try:
+        previous = yaml.safe_load(read_bytes(path))
+    except FileNotFoundError:
+        previous = None
+    current = recipe.model_dump(mode="json")
+    if previous == current:
+        return
+    # the same data reached another way (a moved server, a mirror) resumes; the file records
+    # how this run reached the sources
+    same_data = previous is not None and _digest_of(previous) == recipe.digest()
+    if previous is not None and not same_data and done_shards(out):
+        raise UserError(
+            f"{out} holds a build of another recipe ({path} differs); choose a new output "
+            "directory or delete it"
+        )
+    makedirs(out)
+    write_bytes_atomic(path, yaml.safe_dump(current, sort_keys=False).encode())
+
+
+def _digest_of(document: Any) -> str | None:
+    """The digest of a recipe written by an earlier build; None if it no longer validates."""
+    try:
+        return Recipe.model_validate(document).digest()
+    except ValueError:  # pydantic's ValidationError, e.g. a recipe of an older version
+        return None
+
+
+def build(
+    recipe: Recipe,
+    out: str,
+    workers: int = 1,
+    io_threads: int = 8,
+    dask_address: str | None = None,
+    on_shard: Callable[[ShardStats], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> BuildSummary:
+    """Build every shard that is not done yet; the same recipe always gives the same shards."""
+    if recipe.imagery is None and recipe.audio is None and recipe.fmow_images is None:
+        raise UserError(
+            "the recipe has no imagery, audio or fmow_images section: nothing to build (see README)"
+        )
+    started = time.perf_counter()
+    check_output(recipe, out)
+    locations = ensure_plan(recipe, out)
+    tasks = shard_tasks(recipe, out, locations, io_threads)
+    clean_partial(out)
+    done = done_shards(out)
+    todo = [t for t in tasks if t.index not in done]
+    if on_start:
+        on_start(len(tasks), len(tasks) - len(todo))
+
+    failures: Counter[str] = Counter()
+    samples = 0
+    for stats in _run(todo, workers, dask_address):
+        samples += stats.successes
+        failures.update(stats.failures)
+        if on_shard:
+            on_shard(stats)
+    if recipe.fmow_images is not None or recipe.sampler.kind == "fmow":
+        # labels are indices into the 62 fMoW categories (imagery-only fMoW-Sentinel builds
+        # too): the table travels with the data
+        table = json.dumps(category_table(), indent=1).encode()
+        write_bytes_atomic(join(out, "categories.json"), table)
+    write_manifest(out, recipe.model_dump(mode="json"), recipe.digest(), len(tasks))
+    return BuildSummary(
+        out=out,
+        shards=len(tasks),
+        built=len(todo),
+        skipped=len(tasks) - len(todo),
+        samples=samples,
+        failures=dict(sorted(failures.items())),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run(tasks: list[ShardTask], workers: int, dask_address: str | None) -> Iterator[ShardStats]:
+    if not tasks:
+        return
+    if dask_address:
+        yield from _run_dask(tasks, dask_address)
+    elif workers <= 1:
+        for task in tasks:
+            yield build_shard(task)
+    else:
+        import multiprocessing
+
+        # spawn, not fork: GDAL, threads and open HTTP sessions do not survive a fork
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+            futures = [pool.submit(build_shard, task) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                # report a failed shard (or Ctrl-C) now, not after every queued shard has run
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+def _run_dask(tasks: list[ShardTask], address: str) -> Iterator[ShardStats]:
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        raise UserError("--dask needs the 'distributed' package") from None
+    try:
+        client = Client(address, timeout=30)
+    except OSError as error:
+        raise UserError(f"--dask {address}: cannot reach the scheduler ({error})") from None
+    # Keys name the build, not only the shard: a scheduler shared by several builds would
+    # otherwise hand one build the results of another's tasks of the same key.
+    build_id = hashlib.sha256(
+        f"{tasks[0].out}\0{Recipe.model_validate(tasks[0].recipe).digest()}".encode()
+    )
+    keys = [f"geoprep-shard-{build_id.hexdigest()[:16]}-{t.index}" for t in tasks]
+    with client:
+        futures = client.map(build_shard, tasks, key=keys)
+        try:
+            for future in dask_completed(futures):
+                yield future.result()
+        except BaseException:
+            client.cancel(futures)
+            raise

@@ -1,0 +1,262 @@
+"""The Catalog contract and the footprint, time-window and filter helpers all catalogs share.
+
+Every catalog answers `candidates(locations, collection, start, end, ...)`: for each location id,
+the items whose footprint contains the point and whose datetime lies in [start, end], ordered by
+(datetime, id). A builder that knows several slots per location asks once per batch, either over
+the union range (`scenes.slots_span`) and filters per slot with `scenes.rank`, or with
+`candidates_in_windows`, which takes each location's own windows (a STAC API then searches only
+those windows, tile by tile, instead of the whole span). Items keep their unsigned hrefs; call
+`sign` right before reading and never write or log what it returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import cql2
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import planetary_computer
+import pystac
+import requests
+from shapely.geometry import shape
+
+from geoprep.building.scenes import item_datetime
+from geoprep.core.errors import SourceError, UserError
+from geoprep.recipe.sections import CatalogSpec
+
+CLOUD_KEY = "eo:cloud_cover"
+Window = tuple[dt.datetime, dt.datetime]
+
+
+def utc_time(value: dt.date | dt.datetime | str, end_of_day: bool = False) -> dt.datetime:
+    """An aware UTC datetime; a bare date means its first instant (or last, with end_of_day)."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = dt.date.fromisoformat(text) if len(text) == 10 else dt.datetime.fromisoformat(text)
+    if not isinstance(value, dt.datetime):
+        day = value + dt.timedelta(days=1) if end_of_day else value
+        moment = dt.datetime.combine(day, dt.time(0, tzinfo=dt.UTC))
+        return moment - dt.timedelta(microseconds=1) if end_of_day else moment
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def as_points(locations: pd.DataFrame) -> gpd.GeoDataFrame:
+    """`id` and point `geometry` (EPSG:4326) of a location table with a geometry or lat/lon."""
+    if "id" not in locations.columns:
+        raise UserError("locations need an 'id' column")
+    if isinstance(locations, gpd.GeoDataFrame) and locations.geometry.name in locations.columns:
+        geometry = locations.geometry.to_crs(4326) if locations.crs else locations.geometry
+        geometry = gpd.GeoSeries(geometry.to_numpy(), crs=4326)
+    elif {"lat", "lon"} <= set(locations.columns):
+        geometry = gpd.GeoSeries(gpd.points_from_xy(locations["lon"], locations["lat"]), crs=4326)
+    else:
+        raise UserError("locations need a point geometry or 'lat' and 'lon' columns")
+    return gpd.GeoDataFrame({"id": locations["id"].astype(str).to_numpy()}, geometry=geometry)
+
+
+def cloud_filter(max_cloud_cover: float) -> dict[str, Any]:
+    return {"op": "<=", "args": [{"property": CLOUD_KEY}, max_cloud_cover]}
+
+
+def needs_cloud_filter(max_cloud_cover: float | None) -> bool:
+    return max_cloud_cover is not None and max_cloud_cover < 100
+
+
+def _checked_filter(extra_filter: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if extra_filter is None:
+        return None
+    try:
+        cql2.Expr(dict(extra_filter)).validate()
+    except Exception as error:  # cql2 raises its own ValidationError and plain ValueErrors
+        raise UserError(
+            f"sensor filter {json.dumps(extra_filter)} is not valid CQL2-JSON: {error}"
+        ) from None
+    return dict(extra_filter)
+
+
+def footprint_table(times: Any, clouds: Any, item_ids: Any, geometry: Any) -> gpd.GeoDataFrame:
+    """The footprint table `match_footprints` takes: time (UTC), cloud (float), item_id."""
+    return gpd.GeoDataFrame(
+        {"time": pd.to_datetime(times, utc=True), "cloud": clouds, "item_id": item_ids},
+        geometry=geometry,
+        crs=4326,
+    )
+
+
+def footprint_frame(items: Sequence[pystac.Item]) -> gpd.GeoDataFrame:
+    """One row per item: geometry, time, cloud (NaN where absent), item_id; row = position."""
+    clouds = [item.properties.get(CLOUD_KEY) for item in items]
+    return footprint_table(
+        [item_datetime(item) for item in items],
+        np.array([np.nan if c is None else float(c) for c in clouds], dtype=float),
+        [item.id for item in items],
+        [shape(item.geometry) if item.geometry else None for item in items],
+    )
+
+
+def _nanoseconds(values: Any) -> np.ndarray:
+    """Times as int64 nanoseconds since 1970 (UTC): fast to compare, merge and sort."""
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("ns").asi8
+
+
+def _window_frame(windows: Mapping[str, Sequence[Window]]) -> pd.DataFrame:
+    rows = [(loc, start, end) for loc, spans in windows.items() for start, end in spans]
+    ids, starts, ends = zip(*rows, strict=True) if rows else ((), (), ())
+    return pd.DataFrame(
+        {"id": list(ids), "start": _nanoseconds(list(starts)), "end": _nanoseconds(list(ends))}
+    )
+
+
+def match_footprints(
+    points: gpd.GeoDataFrame,
+    footprints: gpd.GeoDataFrame,
+    windows: Mapping[str, Sequence[Window]],
+    max_cloud_cover: float | None,
+) -> pd.DataFrame:
+    """(id, row) pairs: footprint row contains the point, time in one of the location's windows.
+
+    `footprints` has geometry, time, cloud (NaN where absent) and item_id, one row per item. One
+    spatial join for all points; items without cloud cover pass the cloud limit. Pairs are
+    ordered by location (as in `points`), then time, then item id.
+    """
+    footprints = footprints.reset_index(drop=True)
+    times = _nanoseconds(footprints["time"])
+    usable = footprints.geometry.notna().to_numpy() & footprints["time"].notna().to_numpy()
+    joined = gpd.sjoin(
+        points[["id", "geometry"]], footprints.loc[usable, ["geometry"]], predicate="intersects"
+    )
+    rows = joined["index_right"].to_numpy()
+    pairs = pd.DataFrame({"id": joined["id"].to_numpy(), "row": rows, "time": times[rows]})
+    merged = pairs.merge(_window_frame(windows), on="id")
+    inside = (merged["time"] >= merged["start"]) & (merged["time"] <= merged["end"])
+    hits = merged.loc[inside, ["id", "row", "time"]].drop_duplicates(["id", "row"])
+    if needs_cloud_filter(max_cloud_cover):
+        cloud = footprints["cloud"].to_numpy()[hits["row"].to_numpy()]
+        hits = hits[np.isnan(cloud) | (cloud <= max_cloud_cover)]
+    order = {loc: index for index, loc in enumerate(points["id"].tolist())}
+    hits = hits.assign(
+        item_id=footprints["item_id"].to_numpy()[hits["row"].to_numpy()],
+        order=hits["id"].map(order),
+    )
+    return hits.sort_values(["order", "time", "item_id"], kind="stable")[["id", "row"]]
+
+
+class Catalog(ABC):
+    """Finds candidate items for a batch of locations; see the module docstring."""
+
+    #: True where the catalog applies the sensor's extra CQL2 filter itself (a STAC API).
+    filters_on_server = False
+
+    def __init__(self, spec: CatalogSpec) -> None:
+        self.spec = spec
+
+    def candidates(
+        self,
+        locations: pd.DataFrame,
+        collection: str,
+        start: dt.date | dt.datetime | str,
+        end: dt.date | dt.datetime | str,
+        max_cloud_cover: float | None = None,
+        extra_filter: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[pystac.Item]]:
+        """For every location id, the items over the point in [start, end] (dates: whole days)."""
+        window = (utc_time(start), utc_time(end, end_of_day=True))
+        windows = {loc: [window] for loc in locations["id"].astype(str).tolist()}
+        return self.candidates_in_windows(
+            locations, collection, windows, max_cloud_cover, extra_filter
+        )
+
+    def candidates_in_windows(
+        self,
+        locations: pd.DataFrame,
+        collection: str,
+        windows: Mapping[str, Sequence[Window]],
+        max_cloud_cover: float | None = None,
+        extra_filter: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[pystac.Item]]:
+        """Like `candidates`, with each location's own (start, end) windows, e.g. its slots
+        (`Slot.window`); a STAC API searches only these windows."""
+        points = as_points(locations)
+        ids = points["id"].tolist()
+        missing = set(ids) - set(windows)
+        if missing:
+            raise ValueError(f"no time windows for locations {sorted(missing)[:5]}")
+        windows = {
+            loc: [(utc_time(s), utc_time(e, end_of_day=True)) for s, e in windows[loc]]
+            for loc in ids
+        }
+        found = self._find(
+            points, collection, windows, max_cloud_cover, _checked_filter(extra_filter)
+        )
+        if extra_filter is not None and not self.filters_on_server:
+            found = _apply_filter(found, extra_filter)
+        return {loc: found.get(loc, []) for loc in ids}
+
+    @abstractmethod
+    def _find(
+        self,
+        points: gpd.GeoDataFrame,
+        collection: str,
+        windows: dict[str, list[Window]],
+        max_cloud_cover: float | None,
+        extra_filter: dict[str, Any] | None,
+    ) -> dict[str, list[pystac.Item]]: ...
+
+    def sign(self, item: pystac.Item) -> pystac.Item:
+        """A copy of `item` whose asset hrefs can be read (Planetary Computer); else `item`."""
+        if self.spec.provider != "planetary-computer":
+            return item
+        try:
+            return planetary_computer.sign(item)
+        except requests.RequestException as error:
+            raise SourceError(
+                f"could not get a SAS token for item {item.id}: {type(error).__name__} "
+                f"({getattr(error.response, 'status_code', 'no answer')})"
+            ) from None
+
+
+def _apply_filter(
+    found: dict[str, list[pystac.Item]], extra_filter: Mapping[str, Any]
+) -> dict[str, list[pystac.Item]]:
+    expr = cql2.Expr(dict(extra_filter))
+    verdicts: dict[str, bool] = {}
+
+    def passes(item: pystac.Item) -> bool:
+        if item.id not in verdicts:
+            document = {
+                "id": item.id,
+                "collection": item.collection_id,
+                "properties": item.properties,
+            }
+            try:
+                verdicts[item.id] = bool(expr.matches(document))
+            except Exception:  # a property the item lacks: the filter does not match it
+                verdicts[item.id] = False
+        return verdicts[item.id]
+
+    return {loc: [item for item in items if passes(item)] for loc, items in found.items()}
+
+
+def group_hits(hits: pd.DataFrame, item_at: Any) -> dict[str, list[pystac.Item]]:
+    found: dict[str, list[pystac.Item]] = defaultdict(list)
+    for loc, row in zip(hits["id"].tolist(), hits["row"].tolist(), strict=True):
+        found[loc].append(item_at(row))
+    return found
+
+
+def merge_windows(windows: Iterable[Window]) -> list[Window]:
+    """Overlapping or touching windows merged into disjoint ones, in time order."""
+    merged: list[list[dt.datetime]] = []
+    for start, end in sorted(windows):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]

@@ -1,0 +1,425 @@
+"""One location's sample: pick a scene per sensor and time slot, read its patches, check them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pystac
+
+from geoprep.building.catalogs import Catalog, unsigned_href
+from geoprep.building.grid import TargetGrid, native_groups
+from geoprep.building.pixels import (
+    DEFAULT_MASK_ASSETS,
+    S2_REFLECTANCE_ASSETS,
+    apply_scale_offset,
+    asset_gsd,
+    band_scale_offset,
+    cloud_fraction,
+    harmonize_s2,
+    mask_kind,
+    nodata_fraction,
+)
+from geoprep.building.raster import DatasetCache, read_patch
+from geoprep.building.scenes import Slot, coterminous, item_datetime, rank, slots_for
+from geoprep.core.errors import SourceError
+from geoprep.recipe.model import Recipe
+from geoprep.recipe.sections import SensorSpec, SingleTime
+from geoprep.shards.records import ImageRecord, SampleRecord
+
+if TYPE_CHECKING:  # they import LocationFailed from here
+    from geoprep.building.audio import AudioMaker
+    from geoprep.building.fmow import FmowImageReader
+
+log = logging.getLogger(__name__)
+
+
+class LocationFailed(Exception):
+    """A location that cannot be completed; `reason` is a short count key for the stats."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+RejectKind = Literal["cloudy", "nodata", "missing_assets", "read_error"]
+#: A sensor's assets → (target grid, resolution group or None in the common layout).
+AssetGrids = dict[str, tuple[TargetGrid, str | None]]
+
+
+@dataclass
+class SceneRead:
+    """The images one scene gave for one sensor and slot, or why it was rejected."""
+
+    images: list[ImageRecord]
+    rejected: str | None = None
+    kind: RejectKind | None = None
+
+
+def _failure_reason(reads: list[SceneRead]) -> str:
+    """`read_error` when no scene could be read at all (a source problem, not the weather)."""
+    if reads and all(read.kind == "read_error" for read in reads):
+        return "read_error"
+    return "no_clear_scene"
+
+
+def location_rng(seed: int, location_id: str) -> np.random.Generator:
+    """A generator that depends only on the recipe seed and the location, not on worker order."""
+    digest = hashlib.sha256(location_id.encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def location_slots(recipe: Recipe, row: Mapping[str, Any]) -> list[Slot]:
+    return slots_for(recipe.imagery.time, location_rng(recipe.seed, str(row["id"])), row)
+
+
+class PatchBuilder:
+    """Builds samples for locations of one recipe; safe to share between I/O threads."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        catalogs: Mapping[str, Catalog],
+        cache: DatasetCache,
+        audio: AudioMaker | None = None,
+        fmow: FmowImageReader | None = None,
+    ):
+        self.recipe, self.imagery = recipe, recipe.imagery
+        self.digest = recipe.digest()  # once: every sample's json carries it
+        self.catalogs, self.cache = catalogs, cache
+        self.audio, self.fmow = audio, fmow
+
+    # ------------------------------------------------------------------ a whole sample
+    def build(
+        self,
+        row: Mapping[str, Any],
+        slots: list[Slot],
+        candidates: Mapping[str, list[pystac.Item]],
+    ) -> SampleRecord:
+        """The sample of one location; raises LocationFailed when it cannot be completed."""
+        extras: dict[str, bytes] = {}
+        audio_meta = None
+        if self.audio is not None:  # first: a bad recording fails before any image is read
+            extras, audio_meta = self.audio.make(row)
+        skipped: dict[str, LocationFailed] = {}
+        images = []
+        if self.imagery is not None:
+            images = self._imagery(row, slots, candidates, skipped)
+        slot_meta = {slot.name: slot.to_json() for slot in slots if slot.name not in skipped}
+        if self.fmow is not None:
+            from geoprep.building.fmow import slot_entries
+
+            sequence = self.fmow.images(row)
+            images += sequence
+            for name, entry in slot_entries(sequence).items():
+                slot_meta.setdefault(name, entry)
+        meta = {
+            "id": str(row["id"]),
+            "lat": float(row["lat"]),
+            "lon": float(row["lon"]),
+            "label": row.get("label"),
+            "cluster": int(row["cluster"]),
+            "split": row["split"],
+            "source": row.get("source"),
+            "slots": slot_meta,
+            "recipe_digest": self.digest,
+            "location": {k: v for k, v in row.items() if k not in _META_COLUMNS},
+        }
+        if self._min_found() is not None:
+            meta["skipped_slots"] = {
+                name: {"reason": failure.reason, "detail": failure.detail}
+                for name, failure in skipped.items()
+            }
+        if audio_meta is not None:
+            meta["audio"] = audio_meta
+        return SampleRecord(key=str(row["id"]), meta=meta, images=images, extras=extras)
+
+    def _imagery(
+        self, row, slots: list[Slot], candidates, skipped: dict[str, LocationFailed]
+    ) -> list[ImageRecord]:
+        """The images of every slot. With `min_found` (timestamps mode) a slot that cannot be
+        completed is left out and recorded in `skipped`, as long as enough slots remain."""
+        if not slots:  # e.g. a timestamps column without a readable date
+            raise LocationFailed("no_dates", "the location has no time slot")
+        sensors = self.active_sensors(candidates)
+        grids = self.location_grids(row, candidates)
+        if isinstance(self.imagery.time, SingleTime):
+            return self._coterminous(slots[0], candidates, grids, sensors)
+        min_found = self._min_found()
+        images: list[ImageRecord] = []
+        for slot in slots:
+            try:
+                images += [
+                    image
+                    for sensor in sensors
+                    for image in self._first_clear(
+                        sensor, slot, candidates.get(sensor, []), grids[sensor]
+                    )
+                ]
+            except LocationFailed as failure:
+                if min_found is None:
+                    raise
+                skipped[slot.name] = failure
+        if min_found is not None and len(slots) - len(skipped) < min_found:
+            reasons = Counter(failure.reason for failure in skipped.values())
+            details = "; ".join(failure.detail for failure in skipped.values())
+            raise LocationFailed(
+                reasons.most_common(1)[0][0] if reasons else "too_few_dates",
+                f"{len(slots) - len(skipped)} of {len(slots)} dates matched, "
+                f"{min_found} needed ({details})",
+            )
+        return images
+
+    def _min_found(self) -> int | None:
+        """How many dates a timestamps location needs (None: all of them, or another mode)."""
+        return getattr(self.imagery.time, "min_found", None) if self.imagery else None
+
+    def active_sensors(self, candidates: Mapping[str, list[pystac.Item]]) -> list[str]:
+        """The sensors this location uses: a `fallback_for` sensor replaces the sensor it backs
+        up where that one has no scene over the location (NAIP outside the US, say)."""
+        sensors = self.imagery.sensors
+        covered = {name for name in sensors if candidates.get(name)}
+        chosen = []
+        for name, spec in sensors.items():
+            backed = [other for other, s in sensors.items() if s.fallback_for == name]
+            if spec.fallback_for is not None:
+                if spec.fallback_for not in covered:
+                    chosen.append(name)
+            elif name in covered or not backed:
+                chosen.append(name)
+        return chosen
+
+    def _first_clear(
+        self, sensor: str, slot: Slot, items: list[pystac.Item], grids: AssetGrids
+    ) -> list[ImageRecord]:
+        spec = self.imagery.sensors[sensor]
+        ranked = rank(slot, items)[: spec.max_candidates]
+        if not ranked:
+            raise LocationFailed("no_scene", f"{sensor} {slot.name}: no scene in the window")
+        reads = []
+        for item in ranked:
+            read = self.read_scene(sensor, slot, item, grids)
+            if read.rejected is None:
+                return read.images
+            reads.append(read)
+        raise LocationFailed(
+            _failure_reason(reads),
+            f"{sensor} {slot.name}: {len(ranked)} scenes tried "
+            f"({', '.join(read.rejected for read in reads)})",
+        )
+
+    def _coterminous(
+        self,
+        slot: Slot,
+        candidates: Mapping[str, list[pystac.Item]],
+        grids: dict[str, AssetGrids],
+        sensors: list[str],
+    ) -> list[ImageRecord]:
+        ranked = {
+            sensor: rank(slot, candidates.get(sensor, []))[
+                : self.imagery.sensors[sensor].max_candidates
+            ]
+            for sensor in sensors
+        }
+        empty = [s for s, items in ranked.items() if not items]
+        if empty:
+            raise LocationFailed("no_scene", f"{', '.join(empty)}: no scene in the window")
+        rejected: set[tuple[str, str]] = set()
+        reads: dict[tuple[str, str], SceneRead] = {}
+        tried = 0
+        for combination in coterminous(ranked, self.imagery.time.window_days, rejected):
+            tried += 1
+            images: list[ImageRecord] = []
+            for sensor, item in combination.items():
+                key = (sensor, item.id)
+                if key not in reads:
+                    reads[key] = self.read_scene(sensor, slot, item, grids[sensor])
+                if reads[key].rejected is not None:
+                    rejected.add(key)
+                    break
+                images += reads[key].images
+            else:
+                return images
+            if tried > sum(len(v) for v in ranked.values()) * 4:
+                break
+        window = self.imagery.time.window_days
+        if not tried:  # the sensors' scenes are too far apart: nothing was worth reading
+            raise LocationFailed("no_scene", f"no combination of scenes within {window} days")
+        raise LocationFailed(
+            _failure_reason([read for read in reads.values() if read.rejected]),
+            f"no combination of clear scenes within {window} days ({len(reads)} scenes read: "
+            f"{', '.join(read.rejected for read in reads.values() if read.rejected)})",
+        )
+
+    # ------------------------------------------------------------------ one scene
+    def read_scene(
+        self, sensor: str, slot: Slot, item: pystac.Item, grids: AssetGrids
+    ) -> SceneRead:
+        """Read every asset of `sensor` from `item` onto the location's grid(s) and check them.
+
+        `grids` holds the grid of each asset (`location_grids`); an asset without one (e.g. a
+        mask that the location's other candidates lack) is not read.
+        """
+        spec = self.imagery.sensors[sensor]
+        missing = [a for a in spec.assets if a not in item.assets or a not in grids]
+        if missing:
+            return SceneRead([], f"{item.id} lacks assets {missing}", "missing_assets")
+        try:
+            signed = self.catalogs[spec.catalog].sign(item)
+        except SourceError as error:
+            return SceneRead([], str(error), "read_error")
+        mask_asset = self.mask_asset(spec)
+        if mask_asset is not None and (mask_asset not in item.assets or mask_asset not in grids):
+            mask_asset = None
+        # The mask first: a cloudy patch is rejected before any band of the scene is read.
+        wanted = list(dict.fromkeys([*([mask_asset] if mask_asset else []), *spec.assets]))
+
+        arrays: dict[str, np.ndarray] = {}
+        nodatas: dict[str, float | None] = {}
+        clouds = 0.0
+        for asset in wanted:
+            categorical = asset in spec.categorical or asset == mask_asset
+            try:
+                patch = read_patch(
+                    signed.assets[asset].href,
+                    grids[asset][0],
+                    "nearest" if categorical else spec.resampling,
+                    cache=self.cache,
+                )
+            except SourceError as error:
+                return SceneRead([], f"{item.id}: {error}", "read_error")
+            arrays[asset], nodatas[asset] = patch.array, patch.nodata
+            if asset == mask_asset and (kind := mask_kind(mask_asset)) is not None:
+                clouds = cloud_fraction(arrays[mask_asset], kind)
+                if clouds > spec.max_patch_cloud:
+                    return SceneRead([], f"{item.id} cloudy ({clouds:.0%})", "cloudy")
+
+        missing_share = nodata_fraction(
+            [arrays[a] for a in spec.assets], [nodatas[a] for a in spec.assets]
+        )
+        if missing_share > spec.max_patch_nodata:
+            return SceneRead([], f"{item.id} nodata ({missing_share:.0%})", "nodata")
+
+        harmonized = False
+        baseline = item.properties.get("s2:processing_baseline")
+        if spec.harmonize and baseline is not None:
+            for asset in spec.assets:
+                if asset in S2_REFLECTANCE_ASSETS:
+                    arrays[asset], applied = harmonize_s2(
+                        arrays[asset], baseline, nodatas[asset] or 0
+                    )
+                    harmonized |= applied
+        scales = {a: band_scale_offset(item, a) for a in spec.assets}
+        if spec.apply_scale:
+            for asset in spec.assets:
+                arrays[asset] = apply_scale_offset(arrays[asset], *scales[asset], nodatas[asset])
+
+        provenance = {
+            "collection": item.collection_id,
+            "item_id": item.id,
+            "datetime": _iso(item_datetime(item)),
+            "hrefs": {a: unsigned_href(item.assets[a].href) for a in spec.assets},
+            "eo:cloud_cover": item.properties.get("eo:cloud_cover"),
+            "cloud_fraction": round(float(clouds), 6),
+            "nodata_fraction": round(float(missing_share), 6),
+            "harmonized": harmonized,
+            "processing_baseline": baseline,
+        }
+        return SceneRead(
+            self._records(sensor, slot, spec, grids, arrays, nodatas, scales, provenance)
+        )
+
+    def mask_asset(self, spec: SensorSpec) -> str | None:
+        return spec.mask_asset or DEFAULT_MASK_ASSETS.get(spec.collection)
+
+    def location_grids(
+        self, row: Mapping[str, Any], candidates: Mapping[str, list[pystac.Item]]
+    ) -> dict[str, AssetGrids]:
+        """Per sensor, each asset's target grid and resolution group (None: common layout).
+
+        In the native layout the groups are laid out once for all sensors together, from the
+        native gsds of their assets (taken from the first candidate that has each asset): a
+        group such as "10m" then has one grid whichever sensor fills it (Sentinel-1's 10 m
+        must share Sentinel-2's corner, which snaps to 60 m), as the sample's `grids` require.
+        """
+        grid_spec = self.imagery.grid
+        lat, lon = float(row["lat"]), float(row["lon"])
+        wanted = {
+            sensor: list(dict.fromkeys([*spec.assets, *filter(None, [self.mask_asset(spec)])]))
+            for sensor, spec in self.imagery.sensors.items()
+        }
+        if grid_spec.layout == "common":
+            grid = TargetGrid.around(lat, lon, grid_spec.gsd, grid_spec.size)
+            return {
+                sensor: dict.fromkeys(assets, (grid, None)) for sensor, assets in wanted.items()
+            }
+        gsds: dict[tuple[str, str], float] = {}
+        signed: dict[tuple[str, str], pystac.Item] = {}
+        for sensor, assets in wanted.items():
+            spec = self.imagery.sensors[sensor]
+            for asset in assets:
+                item = next((i for i in candidates.get(sensor, []) if asset in i.assets), None)
+                if item is None:
+                    continue
+                try:
+                    # signed: without a resolution in the metadata the file header is read
+                    key = (sensor, item.id)
+                    if key not in signed:
+                        signed[key] = self.catalogs[spec.catalog].sign(item)
+                    gsds[sensor, asset] = asset_gsd(signed[key], asset, cache=self.cache)
+                except SourceError as error:
+                    raise LocationFailed("read_error", f"{item.id}: {error}") from None
+        grids: dict[str, AssetGrids] = {sensor: {} for sensor in wanted}
+        if not gsds:
+            return grids
+        keyed = {f"{sensor}/{asset}": gsd for (sensor, asset), gsd in gsds.items()}
+        for name, (grid, members) in native_groups(grid_spec, keyed, lat, lon).items():
+            for member in members:
+                sensor, _, asset = member.partition("/")
+                grids[sensor][asset] = (grid, name)
+        return grids
+
+    def _records(self, sensor, slot, spec, grids, arrays, nodatas, scales, provenance):
+        """One image per sensor (common layout) or per resolution group (native layout)."""
+        groups: dict[tuple[TargetGrid, str | None], list[str]] = {}
+        for asset in spec.assets:
+            groups.setdefault(grids[asset], []).append(asset)
+        records = []
+        for (grid, group), assets in groups.items():
+            stack = np.concatenate([arrays[a] for a in assets], axis=0)
+            bands = [
+                a if arrays[a].shape[0] == 1 else f"{a}_{i}"
+                for a in assets
+                for i in range(arrays[a].shape[0])
+            ]
+            scale = [s for a in assets for s in _per_band(scales[a][0], arrays[a].shape[0])]
+            offset = [o for a in assets for o in _per_band(scales[a][1], arrays[a].shape[0])]
+            records.append(
+                ImageRecord(
+                    sensor=sensor,
+                    slot=slot.name,
+                    array=stack,
+                    grid=grid.to_json(),
+                    bands=bands,
+                    nodata=nodatas[assets[0]],
+                    group=group,
+                    provenance=provenance | {"scale": scale, "offset": offset},
+                )
+            )
+        return records
+
+
+_META_COLUMNS = {"id", "lat", "lon", "label", "cluster", "split", "source", "geometry"}
+
+
+def _per_band(values: list[float], bands: int) -> list[float]:
+    return list(values) if len(values) == bands else [values[0] if values else 1.0] * bands
+
+
+def _iso(when) -> str | None:
+    return when.isoformat().replace("+00:00", "Z") if when is not None else None

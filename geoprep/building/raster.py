@@ -1,0 +1,376 @@
+"""Reading COG assets onto target grids: GDAL settings, open datasets, windowed reads and warps."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.env
+import rasterio.warp
+from rasterio.crs import CRS
+from rasterio.enums import Resampling as RasterioResampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from geoprep.building.grid import TargetGrid
+from geoprep.core.errors import SourceError, UserError
+from geoprep.core.signing import redact, unsigned_href
+from geoprep.recipe.sections import Resampling
+
+# rasterio.warp.reproject hides this warning for georeferenced arrays with catch_warnings(),
+# which is not thread-safe: under concurrent reads it leaks although every array is placed.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# GDAL settings and signed hrefs
+
+
+def gdal_env(**overrides: Any) -> dict[str, Any]:
+    """GDAL options for reading COGs over HTTP, for `rasterio.Env(**gdal_env())`.
+
+    Overrides win, e.g. `gdal_env(GDAL_HTTP_MAX_RETRY="0", GDAL_HTTP_PROXY=url)`.
+    """
+    options: dict[str, Any] = {
+        # Opening a COG must not list directories or probe for sidecar files: each is a request.
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+        # COG headers usually fit in the first 32 kB; one request instead of several at open.
+        "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+        "GDAL_HTTP_MULTIRANGE": "YES",
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        "GDAL_HTTP_MAX_RETRY": "5",
+        "GDAL_HTTP_RETRY_DELAY": "1",
+        "GDAL_HTTP_TIMEOUT": "60",
+        # Raw bytes kept per open file (headers, neighbouring ranges); per file, so kept small.
+        "VSI_CACHE": "TRUE",
+        "VSI_CACHE_SIZE": str(8 * 1024 * 1024),
+        # Bytes of decoded blocks (rasterio passes it to GDALSetCacheMax64 as is); neighbouring
+        # patches of one scene share tiles.
+        "GDAL_CACHEMAX": 512 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return options
+
+
+class _RedactSignedUrls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _redact_rasterio_logs() -> None:
+    # rasterio's debug messages name datasets by their (signed) href, and GDAL's errors, relayed
+    # through rasterio._env, quote the URL with its token. Logger filters only see records of
+    # their own logger, hence one filter on each rasterio module's logger.
+    names = {"rasterio", "rasterio._base", "rasterio._env", "rasterio._io", "rasterio._warp"}
+    names |= {name for name in logging.root.manager.loggerDict if name.startswith("rasterio.")}
+    redacting = _RedactSignedUrls()
+    for name in sorted(names):
+        logging.getLogger(name).addFilter(redacting)
+
+
+_redact_rasterio_logs()
+
+
+# ---------------------------------------------------------------------------------------------
+# Open datasets
+
+
+@dataclass(eq=False)
+class _Entry:
+    href: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    dataset: DatasetReader | None = None
+    evicted: bool = False
+
+    def close(self) -> None:
+        with self.lock:
+            self.evicted = True
+            if self.dataset is not None:
+                self.dataset.close()
+                self.dataset = None
+
+
+class DatasetCache:
+    """An LRU of open rasterio datasets, keyed by unsigned href and overview level.
+
+    Neighbouring locations read the same scenes: keeping datasets open saves the header
+    requests and keeps GDAL's block cache warm. Thread-safe: a dataset is used by one thread at a
+    time (GDAL datasets are not re-entrant) and evicted ones are closed once nobody uses them.
+    A signed href whose token changed reopens the dataset, so expired tokens are not reused.
+    Every open and read runs inside `rasterio.Env(**env)` (default `gdal_env()`), except
+    GDAL_CACHEMAX: the block cache is process-wide, and changing its size on every read would
+    flush it, so it is set once, here.
+    """
+
+    def __init__(self, max_open: int = 64, env: Mapping[str, Any] | None = None) -> None:
+        if max_open < 1:
+            raise UserError(f"DatasetCache max_open must be at least 1, got {max_open}")
+        self.max_open = max_open
+        self.env = dict(gdal_env() if env is None else env)
+        cache_max = self.env.pop("GDAL_CACHEMAX", None)
+        if cache_max is not None:
+            rasterio.env.set_gdal_config("GDAL_CACHEMAX", cache_max)
+        self._entries: OrderedDict[tuple[str, int | None], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> DatasetCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list[tuple[str, int | None]]:
+        """(unsigned href, overview level) of the open datasets, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    @contextmanager
+    def dataset(self, href: str, overview_level: int | None = None) -> Iterator[DatasetReader]:
+        """The open dataset of `href` (at `overview_level`), held exclusively while in use."""
+        with rasterio.Env(**self.env):
+            entry = self._checkout(href, overview_level)
+            try:
+                yield entry.dataset  # type: ignore[misc]
+            finally:
+                entry.lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for entry in entries:
+            entry.close()
+
+    def _checkout(self, href: str, overview_level: int | None) -> _Entry:
+        """An entry with an open dataset, its lock held by the caller."""
+        key = (unsigned_href(href), overview_level)
+        while True:
+            stale: list[_Entry] = []
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry.href != href:
+                    stale.append(self._entries.pop(key))
+                    entry = None
+                if entry is None:
+                    entry = self._entries[key] = _Entry(href)
+                    while len(self._entries) > self.max_open:
+                        stale.append(self._entries.popitem(last=False)[1])
+                else:
+                    self._entries.move_to_end(key)
+            for old in stale:  # outside the cache lock: closing waits for the old entry's user
+                old.close()
+            entry.lock.acquire()
+            if entry.evicted:  # closed between the lookup and the lock; look again
+                entry.lock.release()
+                continue
+            if entry.dataset is None:
+                try:
+                    entry.dataset = _open(href, overview_level)
+                except BaseException:
+                    entry.lock.release()
+                    raise
+            return entry
+
+
+def _open(href: str, overview_level: int | None) -> DatasetReader:
+    try:
+        if overview_level is None:
+            return rasterio.open(href)
+        return rasterio.open(href, overview_level=overview_level)
+    except RasterioError as error:
+        raise SourceError(f"cannot open {redact(href)}: {redact(str(error))}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a patch
+
+
+@dataclass(frozen=True)
+class Patch:
+    """An asset read onto a grid: (bands, h, w) in the native dtype, and its nodata value.
+
+    `overview_level` is the COG overview read (None: full resolution); `aligned` says the
+    pixels were copied from the source grid without resampling.
+    """
+
+    array: np.ndarray
+    nodata: float | None
+    overview_level: int | None = None
+    aligned: bool = False
+
+
+# Kernel radius in source pixels, widened by the downsampling ratio (GDAL scales kernels).
+_KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "cubic": 2, "lanczos": 3, "average": 1, "mode": 1}
+# Overviews of class rasters are often built with averaging or cubic kernels, which invents
+# class codes; categorical reads always use the full-resolution pixels.
+_CATEGORICAL = {"nearest", "mode"}
+
+
+@lru_cache(maxsize=64)
+def _crs(epsg: int) -> CRS:
+    return CRS.from_epsg(epsg)
+
+
+def _fill_value(dtype: np.dtype, nodata: float | None) -> float:
+    if nodata is not None:
+        return nodata
+    return float("nan") if np.issubdtype(dtype, np.floating) else 0
+
+
+def read_patch(
+    href: str,
+    grid: TargetGrid,
+    resampling: Resampling = "bilinear",
+    *,
+    cache: DatasetCache | None = None,
+    nodata: float | None = None,
+) -> Patch:
+    """Read every band of the raster at `href` (path or URL, possibly signed) onto `grid`.
+
+    Only the source window under the grid (plus a margin for the kernel) is read. A grid in the
+    source's CRS and pixel size at a whole-pixel offset is copied without resampling. Otherwise,
+    for non-categorical resampling, the coarsest COG overview still at least as fine as the
+    target is read, then warped onto the grid. Source nodata propagates; pixels outside the
+    source footprint get the nodata value. `nodata` is used when the file declares none; with
+    neither, 0 (integers) or NaN (floats) is filled in and returned as the nodata.
+    """
+    if resampling not in _KERNEL_RADIUS:
+        raise UserError(f"resampling {resampling!r} is not one of {sorted(_KERNEL_RADIUS)}")
+    if cache is None:
+        with DatasetCache(max_open=2) as one_off:
+            return read_patch(href, grid, resampling, cache=one_off, nodata=nodata)
+    try:
+        return _read_patch(href, grid, resampling, cache, nodata)
+    except RasterioError as error:
+        raise SourceError(f"cannot read {redact(href)}: {redact(str(error))}") from error
+
+
+def _read_patch(
+    href: str, grid: TargetGrid, resampling: str, cache: DatasetCache, nodata: float | None
+) -> Patch:
+    with cache.dataset(href) as src:
+        dtype = np.dtype(src.dtypes[0])
+        fill = _fill_value(dtype, src.nodata if src.nodata is not None else nodata)
+        same_crs = src.crs == _crs(grid.crs)
+        if same_crs:
+            offset = _aligned_offset(src.transform, grid)
+            if offset is not None:
+                array = _read_window(src, offset, grid.shape, dtype, fill)
+                return Patch(array, fill, aligned=True)
+            src_bounds = grid.bounds
+        else:
+            src_bounds = rasterio.warp.transform_bounds(
+                _crs(grid.crs), src.crs, *grid.bounds, densify_pts=21
+            )
+        if not all(math.isfinite(value) for value in src_bounds):  # beyond the source CRS
+            return Patch(np.full((src.count, *grid.shape), fill, dtype=dtype), fill)
+        target_res = min(
+            (src_bounds[2] - src_bounds[0]) / grid.width,
+            (src_bounds[3] - src_bounds[1]) / grid.height,
+        )
+        level = None
+        if resampling not in _CATEGORICAL:
+            level = _overview_level(abs(src.transform.a), src.overviews(1), target_res)
+        if level is None:
+            return _warp(src, src_bounds, target_res, grid, resampling, dtype, fill, None)
+    with cache.dataset(href, level) as overview:
+        return _warp(overview, src_bounds, target_res, grid, resampling, dtype, fill, level)
+
+
+def _aligned_offset(transform: Any, grid: TargetGrid) -> tuple[int, int] | None:
+    """(row, col) of the grid's corner in the source grid, if the pixels coincide exactly."""
+    t, gsd = transform, grid.gsd
+    if t.b != 0 or t.d != 0 or not math.isclose(t.a, gsd) or not math.isclose(t.e, -gsd):
+        return None
+    col = (grid.transform.c - t.c) / gsd
+    row = (t.f - grid.transform.f) / gsd
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
+
+
+def _read_window(
+    src: DatasetReader,
+    offset: tuple[int, int],
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    fill: float,
+) -> np.ndarray:
+    """The (bands, h, w) block at `offset`, with `fill` where it extends past the source."""
+    row, col = offset
+    height, width = shape
+    out = np.full((src.count, height, width), fill, dtype=dtype)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + height, src.height), min(col + width, src.width)
+    if r1 > r0 and c1 > c0:
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = src.read(window=window)
+    return out
+
+
+def _overview_level(source_res: float, factors: Sequence[int], target_res: float) -> int | None:
+    """Index of the coarsest overview no coarser than `target_res` (None: full resolution)."""
+    level = None
+    for index, factor in enumerate(factors):
+        if source_res * factor <= target_res * (1 + 1e-6):
+            level = index
+    return level
+
+
+def _warp(
+    src: DatasetReader,
+    src_bounds: tuple[float, float, float, float],
+    target_res: float,
+    grid: TargetGrid,
+    resampling: str,
+    dtype: np.dtype,
+    fill: float,
+    level: int | None,
+) -> Patch:
+    out = np.full((src.count, *grid.shape), fill, dtype=dtype)
+    source_res = abs(src.transform.a)
+    ratio = max(1.0, target_res / source_res)
+    margin = math.ceil(_KERNEL_RADIUS[resampling] * ratio) + 1
+    left, bottom, right, top = src_bounds
+    to_pixels = ~src.transform
+    corners = [to_pixels @ (x, y) for x in (left, right) for y in (bottom, top)]
+    cols, rows = [col for col, _ in corners], [row for _, row in corners]
+    c0 = max(math.floor(min(cols)) - margin, 0)
+    r0 = max(math.floor(min(rows)) - margin, 0)
+    c1 = min(math.ceil(max(cols)) + margin, src.width)
+    r1 = min(math.ceil(max(rows)) + margin, src.height)
+    if c1 <= c0 or r1 <= r0:  # the grid lies outside the source footprint
+        return Patch(out, fill, level)
+    # GDAL reads the blocks under the grid itself (through the block cache), which saves a
+    # window read and an in-memory source dataset per call.
+    rasterio.warp.reproject(
+        source=rasterio.band(src, list(range(1, src.count + 1))),
+        destination=out,
+        src_nodata=fill,
+        dst_transform=grid.transform,
+        dst_crs=_crs(grid.crs),
+        dst_nodata=fill,
+        resampling=RasterioResampling[resampling],
+    )
+    return Patch(out, fill, level)

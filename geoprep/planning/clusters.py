@@ -1,0 +1,94 @@
+"""Geo-clusters (k-means on the unit sphere) and cluster-wise train/val/test splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from geoprep.planning.samplers.geometry import unit_xyz, xyz_to_latlon
+
+
+class ClusterConfig(BaseModel):
+    """GASSL's geo-labels: K clusters of the locations' positions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(100, gt=0, description="number of clusters (fewer if there are fewer locations)")
+    n_init: int = Field(4, gt=0, description="k-means restarts; the best inertia wins")
+
+
+class SplitConfig(BaseModel):
+    """Fractions of locations per split; whole clusters go to one split, so no spatial leakage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def geo_clusters(
+    lat: np.ndarray, lon: np.ndarray, config: ClusterConfig, seed: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Cluster index per point and a table of centres (cluster, lat, lon, size).
+
+    K-means runs on unit-sphere xyz, so a cluster may straddle the antimeridian; centres are
+    projected back onto the sphere.
+    """
+    from sklearn.cluster import KMeans  # imported here: build workers never cluster
+
+    xyz = unit_xyz(lat, lon)
+    k = min(config.k, len(xyz))
+    if k == 0:
+        return np.zeros(0, dtype=np.int32), pd.DataFrame(columns=["cluster", "lat", "lon", "size"])
+    model = KMeans(n_clusters=k, n_init=config.n_init, random_state=seed).fit(xyz)
+    labels = model.labels_.astype(np.int32)
+    # Number clusters by centre position (north to south, then west to east) so ids do not depend
+    # on k-means' internal order.
+    c_lat, c_lon = xyz_to_latlon(model.cluster_centers_)
+    order = np.lexsort((np.round(c_lon, 6), -np.round(c_lat, 6)))
+    renumber = np.empty(k, dtype=np.int32)
+    renumber[order] = np.arange(k, dtype=np.int32)
+    labels = renumber[labels]
+    sizes = np.bincount(labels, minlength=k)
+    centres = pd.DataFrame(
+        {
+            "cluster": np.arange(k, dtype=np.int32),
+            "lat": c_lat[order],
+            "lon": c_lon[order],
+            "size": sizes,
+        }
+    )
+    return labels, centres
+
+
+def assign_splits(clusters: np.ndarray, config: SplitConfig, seed: int) -> np.ndarray:
+    """Split name per point: clusters are shuffled, then filled into splits by location count.
+
+    Each cluster goes to the split whose target share is least filled, which keeps the realised
+    fractions close to the asked ones even with uneven cluster sizes.
+    """
+    fractions = config.fractions()
+    names = [name for name, f in fractions.items() if f > 0]
+    sizes = np.bincount(clusters) if len(clusters) else np.zeros(0, int)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    total = max(len(clusters), 1)
+    filled = dict.fromkeys(names, 0)
+    split_of_cluster: dict[int, str] = {}
+    for c in order:
+        # deficit relative to target; ties resolve in the fixed order train, val, test
+        name = max(names, key=lambda s: fractions[s] * total - filled[s])
+        split_of_cluster[int(c)] = name
+        filled[name] += int(sizes[c])
+    return np.array([split_of_cluster[int(c)] for c in clusters], dtype=object)

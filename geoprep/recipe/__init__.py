@@ -1,0 +1,1 @@
+"""Recipes: the validated model of every section, loading with `--set` overrides, digests."""

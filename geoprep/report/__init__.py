@@ -1,0 +1,1 @@
+"""The inspection report: figures and one self-contained report.html, drawn after inspecting."""

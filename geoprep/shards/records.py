@@ -1,0 +1,222 @@
+"""Sample records and how a sample becomes tar members: JSON metadata, GeoTIFF/npy images, extras.
+
+A sample keyed `KEY` becomes the members `KEY.json`, one `KEY.{sensor}.{slot}[.{group}].{tif|npy}`
+per image and `KEY.{suffix}` per extra; every encoding here is deterministic, so the same records
+always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from rasterio.io import MemoryFile
+from rasterio.transform import Affine
+
+from geoprep.core.signing import unsigned_href
+
+ImageFormat = Literal["tif", "npy"]
+GRID_KEYS = ("crs", "transform", "width", "height", "gsd")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image member: an array (bands, h, w) on a grid, plus where it came from.
+
+    `grid` is the JSON grid {"crs", "transform": [a, b, c, d, e, f], "width", "height", "gsd"};
+    `provenance` holds the per-image keys of the sample schema (collection, item_id, datetime,
+    hrefs, eo:cloud_cover, cloud_fraction, nodata_fraction, harmonized, scale, offset).
+    """
+
+    sensor: str
+    slot: str
+    array: np.ndarray
+    grid: dict[str, Any]
+    bands: list[str]
+    nodata: float | int | None = None
+    group: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for part in (self.sensor, self.slot, self.group):
+            if part is not None and (not part or "." in part or "/" in part):
+                raise ValueError(f"sensor/slot/group {part!r} must be non-empty, without . or /")
+        missing = [k for k in GRID_KEYS if k not in self.grid]
+        if missing:
+            raise ValueError(f"image {self.suffix}: grid lacks {missing}")
+        if self.array.ndim != 3:
+            raise ValueError(f"image {self.suffix}: array must be (bands, h, w), got {self.shape}")
+        if len(self.bands) != self.array.shape[0]:
+            raise ValueError(f"image {self.suffix}: {len(self.bands)} band names, {self.shape}")
+        if self.array.shape[1:] != (self.grid["height"], self.grid["width"]):
+            raise ValueError(f"image {self.suffix}: array {self.shape} does not match its grid")
+
+    @property
+    def suffix(self) -> str:
+        """The member name after the key, without the format extension: `s2.t0`, `s2.t0.10m`."""
+        return ".".join(p for p in (self.sensor, self.slot, self.group) if p is not None)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One location's sample: JSON metadata, its images (in schema order) and raw extra members.
+
+    `meta` holds everything but "images" and "grid"/"grids", which the writer derives from
+    `images`. `extras` maps a member suffix ("audio.flac", "mel.npy") to already-encoded bytes.
+    """
+
+    key: str
+    meta: dict[str, Any]
+    images: list[ImageRecord] = field(default_factory=list)
+    extras: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.key or "." in self.key or "/" in self.key:
+            raise ValueError(f"sample key {self.key!r} must be non-empty, without . or /")
+        if {"images", "grid", "grids"} & set(self.meta):
+            raise ValueError(f"sample {self.key}: meta must not hold images/grid/grids")
+        if self.meta.get("id", self.key) != self.key:
+            raise ValueError(f"sample {self.key}: meta id {self.meta['id']!r} differs from key")
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_image(record: ImageRecord, fmt: ImageFormat) -> bytes:
+    """GeoTIFF (deflate, tiled, georeferenced, band descriptions) or .npy bytes; deterministic."""
+    array = np.ascontiguousarray(record.array)
+    if fmt == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+    if fmt != "tif":
+        raise ValueError(f"image format {fmt!r}; expected 'tif' or 'npy'")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    count, height, width = array.shape
+    # One tile for small patches (a multiple of 16 as GeoTIFF requires), 256 px tiles otherwise.
+    tile = min(256, 16 * math.ceil(max(height, width) / 16))
+    predictor = 3 if np.issubdtype(array.dtype, np.floating) else 2
+    with MemoryFile() as memory:
+        with memory.open(
+            driver="GTiff",
+            width=width,
+            height=height,
+            count=count,
+            dtype=array.dtype.name,
+            crs=record.grid["crs"],
+            transform=Affine(*record.grid["transform"][:6]),
+            nodata=record.nodata,
+            compress="deflate",
+            predictor=predictor,
+            tiled=True,
+            blockxsize=tile,
+            blockysize=tile,
+            interleave="band",
+        ) as dst:
+            dst.write(array)
+            dst.descriptions = tuple(record.bands)
+            tags = {"sensor": record.sensor, "slot": record.slot, "group": record.group}
+            for key in ("collection", "item_id", "datetime"):
+                tags[key] = record.provenance.get(key)
+            dst.update_tags(**{k: str(v) for k, v in tags.items() if v is not None})
+            _set_scales(dst, record)
+        return memory.read()
+
+
+def _set_scales(dst: rasterio.io.DatasetWriter, record: ImageRecord) -> None:
+    """Per-band raster:bands scale/offset into the GeoTIFF, so GIS tools show physical values."""
+    scale, offset = record.provenance.get("scale"), record.provenance.get("offset")
+    if isinstance(scale, list) and len(scale) == len(record.bands) and None not in scale:
+        dst.scales = tuple(float(s) for s in scale)
+    if isinstance(offset, list) and len(offset) == len(record.bands) and None not in offset:
+        dst.offsets = tuple(float(o) for o in offset)
+
+
+def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
+    """The `{key}.json` document: the sample's meta plus its grid(s) and one entry per image."""
+    grids: dict[str | None, dict[str, Any]] = {}
+    shared = True  # do all images of each group share one grid? (fMoW sequences do not)
+    entries = []
+    for image in sample.images:
+        if grids.setdefault(image.group, image.grid) != image.grid:
+            shared = False
+        clash = {"member", "sensor", "slot", "group", "bands", "dtype", "shape", "grid"} & set(
+            image.provenance
+        )
+        if clash:
+            raise ValueError(f"sample {sample.key}: provenance must not set {sorted(clash)}")
+        provenance = dict(image.provenance)
+        if isinstance(provenance.get("hrefs"), dict):
+            provenance["hrefs"] = {k: unsigned_href(v) for k, v in provenance["hrefs"].items()}
+        nodata = image.nodata
+        is_nan = isinstance(nodata, float | np.floating) and math.isnan(nodata)
+        entries.append(
+            {
+                "member": f"{image.suffix}.{fmt}",
+                "sensor": image.sensor,
+                "slot": image.slot,
+                "group": image.group,
+                "bands": list(image.bands),
+                "dtype": image.array.dtype.name,
+                "shape": list(image.shape),
+                # JSON has no NaN; the reader turns "nan" back into a float
+                "nodata": "nan" if is_nan else nodata,
+                # every image states its own grid; the shared grid(s) below repeat it for
+                # readers that want one grid per sample or per resolution group
+                "grid": image.grid,
+                **provenance,
+            }
+        )
+    doc: dict[str, Any] = {"id": sample.key, **sample.meta}
+    if None in grids and len(grids) > 1:
+        raise ValueError(f"sample {sample.key}: mixes common (group None) and native images")
+    if shared and None in grids:
+        doc["grid"] = grids[None]
+    elif shared and grids:
+        doc["grids"] = grids
+    doc["images"] = entries
+    return doc
+
+
+def json_bytes(doc: Any) -> bytes:
+    """Strict JSON (non-finite floats become null) with numpy scalars and dates converted."""
+    return json.dumps(jsonable(doc), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def jsonable(value: Any) -> Any:
+    """`value` in plain JSON types: numpy unwrapped, dates as ISO strings, NaN/inf as None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def sample_members(sample: SampleRecord, fmt: ImageFormat) -> dict[str, bytes]:
+    """Every member of a sample, suffix → bytes (the tar names are `{key}.{suffix}`)."""
+    members = {"json": json_bytes(sample_json(sample, fmt))}
+    for image in sample.images:
+        members[f"{image.suffix}.{fmt}"] = encode_image(image, fmt)
+    for suffix, data in sample.extras.items():
+        if suffix in members or not isinstance(data, bytes):
+            raise ValueError(f"sample {sample.key}: extra {suffix!r} clashes or is not bytes")
+        members[suffix] = data
+    return members

@@ -1,0 +1,107 @@
+"""The urban sampler: Gaussian around cities, on land, spaced, with the right spread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from global_land_mask import globe
+from scipy.spatial import cKDTree
+
+from geoprep.core.progress import Bar
+from geoprep.planning.samplers.geometry import (
+    EARTH_RADIUS_M,
+    KM_PER_DEGREE,
+    great_circle_km,
+    unit_xyz,
+)
+from geoprep.planning.samplers.urban import UrbanSampler, load_cities, offset_km
+
+
+def draw(seed: int = 0, **kwargs) -> pd.DataFrame:
+    config = UrbanSampler(kind="urban", **kwargs)
+    return config.sample(np.random.default_rng(seed), Bar()).locations
+
+
+@pytest.fixture(scope="module")
+def ten_thousand() -> pd.DataFrame:
+    return draw(seed=42, n=10_000)
+
+
+def test_ten_thousand_on_land_and_spaced(ten_thousand: pd.DataFrame) -> None:
+    frame = ten_thousand
+    assert len(frame) == 10_000
+    assert globe.is_land(frame["lat"].to_numpy(), frame["lon"].to_numpy()).all()
+    xyz = unit_xyz(frame["lat"], frame["lon"]) * EARTH_RADIUS_M
+    nearest, _ = cKDTree(xyz).query(xyz, k=2)
+    assert nearest[:, 1].min() >= 1980.0
+
+
+def test_radial_spread_matches_sigma(ten_thousand: pd.DataFrame) -> None:
+    frame = ten_thousand
+    north = (frame["lat"] - frame["city_lat"]) * KM_PER_DEGREE
+    dlon = (frame["lon"] - frame["city_lon"] + 180) % 360 - 180
+    east = dlon * KM_PER_DEGREE * np.cos(np.radians(frame["city_lat"]))
+    # For an isotropic 2-D Gaussian, the RMS offset per axis is sigma.
+    rms = float(np.sqrt((north**2 + east**2).mean() / 2))
+    assert rms == pytest.approx(50.0, rel=0.05)
+    # cos(lat) correction: east and north spreads agree (they would not without it)
+    assert float(east.std()) == pytest.approx(float(north.std()), rel=0.05)
+
+
+def test_same_seed_same_rows() -> None:
+    a, b = draw(seed=7, n=300), draw(seed=7, n=300)
+    pd.testing.assert_frame_equal(a, b)
+    assert not draw(seed=8, n=300)["lat"].equals(a["lat"])
+
+
+@pytest.mark.parametrize("lat0", [0.0, 45.0, 70.0])
+def test_offset_km_is_metric(lat0: float) -> None:
+    lat, lon = offset_km(np.array([lat0]), np.array([10.0]), np.array([0.0]), np.array([30.0]))
+    assert great_circle_km(lat0, 10.0, lat[0], lon[0]) == pytest.approx(30.0, rel=0.01)
+
+
+def test_longitude_wraps_at_antimeridian() -> None:
+    _, lon = offset_km(np.array([0.0]), np.array([179.9]), np.array([0.0]), np.array([50.0]))
+    assert -180.0 <= lon[0] < -179.0
+
+
+def test_top_cities_are_the_most_populous() -> None:
+    cities = load_cities("geonames")
+    assert cities["population"].is_monotonic_decreasing
+    assert len(cities) > 30_000
+
+
+def test_own_city_file_and_region(tmp_path) -> None:
+    cities = tmp_path / "cities.csv"
+    pd.DataFrame(
+        {"name": ["a", "b"], "lat": [48.0, 41.6], "lon": [11.0, -93.6], "population": [10, 20]}
+    ).to_csv(cities, index=False)
+    region = tmp_path / "region.geojson"
+    region.write_text(
+        '{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},'
+        '"geometry":{"type":"Polygon","coordinates":[[[10.9,47.9],[11.1,47.9],[11.1,48.1],'
+        "[10.9,48.1],[10.9,47.9]]]}}]}"
+    )
+    config = UrbanSampler(
+        kind="urban", n=20, cities=str(cities), sigma_km=2, min_distance_m=100, within=str(region)
+    )
+    result = config.sample(np.random.default_rng(0), Bar())
+    frame = result.locations
+    assert len(frame) == 20
+    assert frame["lat"].between(47.9, 48.1).all() and frame["lon"].between(10.9, 11.1).all()
+    assert set(frame["city"]) == {"a"}
+    assert result.dropped["outside_region"] > 0
+
+
+def test_shortfall_is_reported_not_hidden() -> None:
+    result = UrbanSampler(
+        kind="urban",
+        n=50,
+        top_cities=1,
+        sigma_km=0.5,
+        min_distance_m=5000,
+        max_attempts_per_point=2,
+    ).sample(np.random.default_rng(0), Bar())
+    assert 0 < len(result.locations) < 50
+    assert result.dropped["shortfall"] == 50 - len(result.locations)
