@@ -20,12 +20,12 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # name → module. Resolved on first use: the build side imports rasterio, GDAL and dask, which a
 # training process that only reads shards should not pay for.
 _PUBLIC = {
-    "load_recipe": "geoprep.recipe.model",
+    "load_recipe": "geoprep.recipe.load",
     "plan": "geoprep.planning.plan",
     "build": "geoprep.building.build",
     "inspect_dataset": "geoprep.inspect.dataset",
     "open_dataset": "geoprep.reader",
-    "shard_urls": "geoprep.reader",
+    "shard_urls": "geoprep.shards.listing",
     "decoder": "geoprep.reader",
     "Sample": "geoprep.reader",
     "GeoArray": "geoprep.reader",

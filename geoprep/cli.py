@@ -172,7 +172,7 @@ def _add_world_args(parser: argparse.ArgumentParser, scale_help: str | None) -> 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from geoprep.planning.plan import plan
-    from geoprep.recipe.model import load_recipe
+    from geoprep.recipe.load import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     started = time.perf_counter()
@@ -199,7 +199,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from geoprep.recipe.model import load_recipe
+    from geoprep.building.console import run_build
+    from geoprep.recipe.load import load_recipe
 
     overrides = list(args.overrides)
     if args.samples_per_shard is not None:
@@ -211,47 +212,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**summary.__dict__, "samples_per_s": summary.samples_per_s}, indent=2))
     return 0
-
-
-def run_build(recipe, out: str, workers: int = 1, io_threads: int = 8, dask: str | None = None):
-    """Build with a live bar (shards, samples/s, failures) and a final summary table."""
-    from geoprep.building.build import build
-
-    with progress_bar(f"build {recipe.name}") as bar:
-        counts = {"samples": 0, "failed": 0}
-        started = time.perf_counter()
-
-        def on_start(total: int, skipped: int) -> None:
-            bar.set_total(total)
-            bar.advance(skipped)
-
-        def on_shard(stats) -> None:
-            counts["samples"] += stats.successes
-            counts["failed"] += stats.count - stats.successes
-            rate = counts["samples"] / max(time.perf_counter() - started, 1e-9)
-            bar.describe(
-                f"build {recipe.name}: {counts['samples']} samples, {rate:.1f}/s, "
-                f"{counts['failed']} failed"
-            )
-            bar.advance()
-
-        summary = build(
-            recipe, out, workers, io_threads, dask, on_shard=on_shard, on_start=on_start
-        )
-    table = Table(title=f"{recipe.name}: build summary")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row(
-        "shards", f"{summary.shards} ({summary.built} built, {summary.skipped} done before)"
-    )
-    table.add_row("samples written", str(summary.samples))
-    for reason, count in summary.failures.items():
-        table.add_row(f"failed: {reason}", str(count))
-    table.add_row("seconds", f"{summary.seconds:.1f}")
-    table.add_row("samples/s", f"{summary.samples_per_s:.1f}")
-    console.print(table)
-    console.print(f"shards in {out}/shards, manifest {out}/manifest.json")
-    return summary
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -284,7 +244,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import yaml
 
-    from geoprep.recipe.model import load_recipe
+    from geoprep.recipe.load import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")

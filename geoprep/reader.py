@@ -15,8 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,10 +26,14 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from geoprep.core.errors import UserError
-from geoprep.core.storage import is_local, join, local_path, read_bytes
-from geoprep.shards.writer import done_shards, read_stats
-
-log = logging.getLogger(__name__)
+from geoprep.shards.listing import shard_urls
+from geoprep.shards.schema import (
+    AUDIO_MEMBER,
+    JSON_MEMBER,
+    MEL_MEMBER,
+    nodata_from_json,
+    shared_grid,
+)
 
 _YEAR_SEASON = re.compile(r"^y(\d+)s(\d+)$")
 
@@ -138,10 +140,6 @@ def _utc(text: str) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def _nodata(value: Any) -> float | int | None:
-    return math.nan if isinstance(value, str) and value.lower() == "nan" else value
-
-
 @dataclass(frozen=True, eq=False)
 class Sample:
     """A decoded sample: `images` maps member suffix ("s2.t0", "s2.t0.10m") → GeoArray."""
@@ -158,9 +156,10 @@ class Sample:
         """Build from a WebDataset sample dict, decoded with `decoder` or still raw bytes."""
         key, url = raw.get("__key__", "?"), raw.get("__url__")
         where = f"shard {url}, sample {key}"
-        if "json" not in raw:
-            raise SampleError(f"{where}: no {key}.json member")
-        meta = raw["json"] if isinstance(raw["json"], dict) else json.loads(raw["json"])
+        if JSON_MEMBER not in raw:
+            raise SampleError(f"{where}: no {key}.{JSON_MEMBER} member")
+        document = raw[JSON_MEMBER]
+        meta = document if isinstance(document, dict) else json.loads(document)
         images, infos = {}, {}
         for entry in meta.get("images", []):
             try:
@@ -177,7 +176,7 @@ class Sample:
             if list(image.shape) != list(entry.get("shape", image.shape)):
                 raise SampleError(f"{where}: {info.member} is {image.shape}, not {entry['shape']}")
             images[info.suffix], infos[info.suffix] = image, info
-        listed = {info.member.lower() for info in infos.values()} | {"json"}
+        listed = {info.member.lower() for info in infos.values()} | {JSON_MEMBER}
         extras = _extras(raw, listed)
         return cls(key, url, meta, images, infos, extras)
 
@@ -262,11 +261,11 @@ class Sample:
 
     def audio(self) -> tuple[np.ndarray, int]:
         """SoundingEarth: (float32 waveform, sample rate) of `{key}.audio.flac`."""
-        return self._extra("audio.flac")
+        return self._extra(AUDIO_MEMBER)
 
     def spectrogram(self) -> np.ndarray:
         """SoundingEarth: the log-mel spectrogram of `{key}.mel.npy`."""
-        return self._extra("mel.npy")
+        return self._extra(MEL_MEMBER)
 
     def _extra(self, suffix: str) -> Any:
         if suffix not in self.extras:
@@ -276,11 +275,12 @@ class Sample:
 
 def _npy_image(meta: dict[str, Any], info: ImageInfo, array: np.ndarray) -> GeoArray:
     """An .npy member's georeferencing lives in the JSON: the common grid or its group's grid."""
-    grid = info.entry.get("grid") or (
-        meta["grid"] if info.group is None else meta["grids"][info.group]
-    )
+    grid = info.entry.get("grid") or shared_grid(meta, info.group)
+    if not grid:
+        raise SampleError(f"sample {meta.get('id')}: {info.member} has no grid in the JSON")
     transform = Affine(*grid["transform"][:6])
-    return GeoArray(array, grid["crs"], transform, _nodata(info.entry.get("nodata")), info.bands)
+    nodata = nodata_from_json(info.entry.get("nodata"))
+    return GeoArray(array, grid["crs"], transform, nodata, info.bands)
 
 
 def _extras(raw: dict[str, Any], listed: set[str]) -> dict[str, Any]:
@@ -299,47 +299,6 @@ def to_sample(raw: dict[str, Any]) -> Sample:
 
 
 # ---------------------------------------------------------------- datasets
-
-
-def shard_urls(source: str | Sequence[str]) -> list[str]:
-    """Tar URLs of a geoprep output directory (its index.json), a wids index, a pattern or list."""
-    if not isinstance(source, str):
-        return list(source)
-    if source.endswith(".json"):
-        return _from_wids_index(source)
-    if "{" in source or source.endswith((".tar", ".tgz", ".tar.gz")):
-        import webdataset  # deferred: see open_dataset
-
-        return webdataset.shardlists.expand_urls(source)
-    if is_local(source) and not local_path(source).is_dir():
-        raise UserError(f"{source}: not a directory, shard, brace pattern or index.json")
-    try:
-        return _from_wids_index(join(source, "index.json"))
-    except FileNotFoundError:
-        return _committed_tars(source)
-
-
-def _from_wids_index(url: str) -> list[str]:
-    doc = json.loads(read_bytes(url))
-    if "shardlist" not in doc:
-        raise UserError(f"{url}: not a wids shard index (no 'shardlist')")
-    base = url.rsplit("/", 1)[0] if "/" in url else "."
-    urls = [entry["url"] for entry in doc["shardlist"]]
-    return [u if "://" in u or u.startswith("/") else join(base, u) for u in urls]
-
-
-def _committed_tars(out_url: str) -> list[str]:
-    """Before the manifest exists (build still running): the tars of committed shards."""
-    urls = [
-        join(out_url, "shards", part.name)
-        for index in sorted(done_shards(out_url))
-        for part in read_stats(out_url, index).tars
-        if part.nsamples
-    ]
-    if not urls:
-        raise UserError(f"{out_url}: no index.json and no finished shards; run geoprep build")
-    log.warning("%s has no index.json yet: reading the %d committed tar(s)", out_url, len(urls))
-    return urls
 
 
 def open_dataset(

@@ -15,8 +15,9 @@ import webdataset as wds
 from geoprep import reader
 from geoprep.core.errors import UserError
 from geoprep.reader import GeoArray, Sample, SampleError, open_dataset, shard_urls
+from geoprep.shards.manifest import write_manifest
 from geoprep.shards.records import ImageRecord, SampleRecord, encode_image
-from geoprep.shards.writer import ShardWriter, write_manifest
+from geoprep.shards.writer import ShardWriter
 
 S2_BANDS = ["B02", "B03", "B04", "B08"]
 S1_BANDS = ["vv", "vh"]

@@ -42,14 +42,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft
 
 from geoprep import __version__
-from geoprep.building.imagery import LocationFailed, location_rng
+from geoprep.building.location import LocationFailed, location_rng
 from geoprep.core.errors import UserError
 from geoprep.recipe.sections import AudioSpec
+from geoprep.shards.schema import AUDIO_MEMBER, MEL_MEMBER, audio_entry
 
 log = logging.getLogger(__name__)
 
-AUDIO_MEMBER = "audio.flac"
-MEL_MEMBER = "mel.npy"
 #: Columns of the aporee sampler's rows this module reads.
 REQUIRED_COLUMNS = ("id", "identifier", "download_url")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -343,7 +342,7 @@ class AudioMaker:
     def _metadata(self, row: Mapping[str, Any], segment: Segment, frames: int) -> dict[str, Any]:
         spec = self.spec
         identifier = _text(row["identifier"])
-        return {
+        values = {
             "duration_s": round(segment.duration_s, 6),
             "original_duration_s": round(segment.original_duration_s, 6),
             "sample_rate": segment.sample_rate,
@@ -359,15 +358,16 @@ class AudioMaker:
             "frames": frames,
             "db_reference": DB_REFERENCE,
             "amin": AMIN,
-            "attribution": {
-                "identifier": identifier,
-                "file": _text(row.get("audio_file")),
-                "creator": _text(row.get("creator")),
-                "title": _text(row.get("title")),
-                "license_url": _text(row.get("license_url")),
-                "source_url": DETAILS_URL.format(identifier=identifier) if identifier else None,
-            },
         }
+        attribution = {
+            "identifier": identifier,
+            "file": _text(row.get("audio_file")),
+            "creator": _text(row.get("creator")),
+            "title": _text(row.get("title")),
+            "license_url": _text(row.get("license_url")),
+            "source_url": DETAILS_URL.format(identifier=identifier) if identifier else None,
+        }
+        return audio_entry(values, attribution)
 
     # ------------------------------------------------------------------ download
     def _download(self, url: str, dest: Path, size: int | None, md5: str | None) -> None:

@@ -21,20 +21,17 @@ import yaml
 from geoprep.building.audio import AudioMaker
 from geoprep.building.catalogs import open_catalog
 from geoprep.building.fmow import FmowImageReader, category_table
-from geoprep.building.imagery import LocationFailed, PatchBuilder, location_slots
+from geoprep.building.location import LocationFailed, location_slots
 from geoprep.building.raster import DatasetCache
+from geoprep.building.samples import SampleBuilder
 from geoprep.core.errors import UserError
 from geoprep.core.signing import redact
 from geoprep.core.storage import join, makedirs, read_bytes, write_bytes_atomic
 from geoprep.planning.plan import PLAN_FILE, plan, read_locations
 from geoprep.recipe.model import Recipe
-from geoprep.shards.writer import (
-    ShardStats,
-    ShardWriter,
-    clean_partial,
-    done_shards,
-    write_manifest,
-)
+from geoprep.shards.layout import ShardStats, clean_partial, done_shards
+from geoprep.shards.manifest import write_manifest
+from geoprep.shards.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +68,7 @@ class BuildSummary:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _worker_builder(recipe: Recipe) -> PatchBuilder:
+def _worker_builder(recipe: Recipe) -> SampleBuilder:
     """Catalogs, the dataset cache, HTTP sessions and readers live once per worker process and
     are reused across its shards."""
     key = recipe.model_dump_json()
@@ -84,7 +81,7 @@ def _worker_builder(recipe: Recipe) -> PatchBuilder:
         fmow = None
         if recipe.fmow_images is not None:
             fmow = FmowImageReader(recipe.fmow_images, fmow_root(recipe))
-        builder = PatchBuilder(recipe, catalogs, DatasetCache(), audio, fmow)
+        builder = SampleBuilder(recipe, catalogs, DatasetCache(), audio, fmow)
         _WORKER_STATE.update(key=key, builder=builder, audio=audio)
     return _WORKER_STATE["builder"]
 

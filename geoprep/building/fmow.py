@@ -44,11 +44,12 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from shapely.errors import ShapelyError
 
-from geoprep.building.imagery import LocationFailed
+from geoprep.building.location import LocationFailed
 from geoprep.core.errors import UserError
 from geoprep.planning.samplers.fmow import FMOW_CATEGORIES
 from geoprep.recipe.sections import FmowImagesSpec
 from geoprep.shards.records import ImageRecord
+from geoprep.shards.schema import slot_entry
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,7 @@ def slot_entries(images: list[ImageRecord]) -> dict[str, dict[str, Any]]:
     for image in images:
         when = _parse_time(image.provenance.get("datetime"))
         day = when.date().isoformat() if when else None
-        slots[image.slot] = {
-            "start": day,
-            "end": day,
-            "target": day,
-            "year_group": None,
-            "season": None,
-        }
+        slots[image.slot] = slot_entry(day, day, day)
     return slots
 
 

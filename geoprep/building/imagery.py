@@ -1,19 +1,19 @@
-"""One location's sample: pick a scene per sensor and time slot, read its patches, check them."""
+"""A location's imagery: pick a scene per sensor and time slot, read its patches, check them."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pystac
 
 from geoprep.building.catalogs import Catalog, unsigned_href
 from geoprep.building.grid import TargetGrid, native_groups
+from geoprep.building.location import LocationFailed
 from geoprep.building.pixels import (
     DEFAULT_MASK_ASSETS,
     S2_REFLECTANCE_ASSETS,
@@ -26,25 +26,13 @@ from geoprep.building.pixels import (
     nodata_fraction,
 )
 from geoprep.building.raster import DatasetCache, read_patch
-from geoprep.building.scenes import Slot, coterminous, item_datetime, rank, slots_for
+from geoprep.building.scenes import Slot, coterminous, item_datetime, rank
 from geoprep.core.errors import SourceError
 from geoprep.recipe.model import Recipe
 from geoprep.recipe.sections import SensorSpec, SingleTime
-from geoprep.shards.records import ImageRecord, SampleRecord
-
-if TYPE_CHECKING:  # they import LocationFailed from here
-    from geoprep.building.audio import AudioMaker
-    from geoprep.building.fmow import FmowImageReader
+from geoprep.shards.records import ImageRecord
 
 log = logging.getLogger(__name__)
-
-
-class LocationFailed(Exception):
-    """A location that cannot be completed; `reason` is a short count key for the stats."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
 
 
 RejectKind = Literal["cloudy", "nodata", "missing_assets", "read_error"]
@@ -68,79 +56,20 @@ def _failure_reason(reads: list[SceneRead]) -> str:
     return "no_clear_scene"
 
 
-def location_rng(seed: int, location_id: str) -> np.random.Generator:
-    """A generator that depends only on the recipe seed and the location, not on worker order."""
-    digest = hashlib.sha256(location_id.encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+class ImageryReader:
+    """Reads the images of locations for one recipe's imagery section; safe to share between I/O
+    threads."""
 
-
-def location_slots(recipe: Recipe, row: Mapping[str, Any]) -> list[Slot]:
-    return slots_for(recipe.imagery.time, location_rng(recipe.seed, str(row["id"])), row)
-
-
-class PatchBuilder:
-    """Builds samples for locations of one recipe; safe to share between I/O threads."""
-
-    def __init__(
-        self,
-        recipe: Recipe,
-        catalogs: Mapping[str, Catalog],
-        cache: DatasetCache,
-        audio: AudioMaker | None = None,
-        fmow: FmowImageReader | None = None,
-    ):
-        self.recipe, self.imagery = recipe, recipe.imagery
-        self.digest = recipe.digest()  # once: every sample's json carries it
+    def __init__(self, recipe: Recipe, catalogs: Mapping[str, Catalog], cache: DatasetCache):
+        self.imagery = recipe.imagery
         self.catalogs, self.cache = catalogs, cache
-        self.audio, self.fmow = audio, fmow
 
-    # ------------------------------------------------------------------ a whole sample
-    def build(
+    def images(
         self,
         row: Mapping[str, Any],
         slots: list[Slot],
         candidates: Mapping[str, list[pystac.Item]],
-    ) -> SampleRecord:
-        """The sample of one location; raises LocationFailed when it cannot be completed."""
-        extras: dict[str, bytes] = {}
-        audio_meta = None
-        if self.audio is not None:  # first: a bad recording fails before any image is read
-            extras, audio_meta = self.audio.make(row)
-        skipped: dict[str, LocationFailed] = {}
-        images = []
-        if self.imagery is not None:
-            images = self._imagery(row, slots, candidates, skipped)
-        slot_meta = {slot.name: slot.to_json() for slot in slots if slot.name not in skipped}
-        if self.fmow is not None:
-            from geoprep.building.fmow import slot_entries
-
-            sequence = self.fmow.images(row)
-            images += sequence
-            for name, entry in slot_entries(sequence).items():
-                slot_meta.setdefault(name, entry)
-        meta = {
-            "id": str(row["id"]),
-            "lat": float(row["lat"]),
-            "lon": float(row["lon"]),
-            "label": row.get("label"),
-            "cluster": int(row["cluster"]),
-            "split": row["split"],
-            "source": row.get("source"),
-            "slots": slot_meta,
-            "recipe_digest": self.digest,
-            "location": {k: v for k, v in row.items() if k not in _META_COLUMNS},
-        }
-        if self._min_found() is not None:
-            meta["skipped_slots"] = {
-                name: {"reason": failure.reason, "detail": failure.detail}
-                for name, failure in skipped.items()
-            }
-        if audio_meta is not None:
-            meta["audio"] = audio_meta
-        return SampleRecord(key=str(row["id"]), meta=meta, images=images, extras=extras)
-
-    def _imagery(
-        self, row, slots: list[Slot], candidates, skipped: dict[str, LocationFailed]
+        skipped: dict[str, LocationFailed],
     ) -> list[ImageRecord]:
         """The images of every slot. With `min_found` (timestamps mode) a slot that cannot be
         completed is left out and recorded in `skipped`, as long as enough slots remain."""
@@ -150,7 +79,7 @@ class PatchBuilder:
         grids = self.location_grids(row, candidates)
         if isinstance(self.imagery.time, SingleTime):
             return self._coterminous(slots[0], candidates, grids, sensors)
-        min_found = self._min_found()
+        min_found = self.min_found()
         images: list[ImageRecord] = []
         for slot in slots:
             try:
@@ -175,9 +104,9 @@ class PatchBuilder:
             )
         return images
 
-    def _min_found(self) -> int | None:
+    def min_found(self) -> int | None:
         """How many dates a timestamps location needs (None: all of them, or another mode)."""
-        return getattr(self.imagery.time, "min_found", None) if self.imagery else None
+        return getattr(self.imagery.time, "min_found", None)
 
     def active_sensors(self, candidates: Mapping[str, list[pystac.Item]]) -> list[str]:
         """The sensors this location uses: a `fallback_for` sensor replaces the sensor it backs
@@ -412,9 +341,6 @@ class PatchBuilder:
                 )
             )
         return records
-
-
-_META_COLUMNS = {"id", "lat", "lon", "label", "cluster", "split", "source", "geometry"}
 
 
 def _per_band(values: list[float], bands: int) -> list[float]:

@@ -15,6 +15,7 @@ import pystac
 
 from geoprep.core.errors import UserError
 from geoprep.recipe.sections import MultiYearTime, SeasonalTime, SingleTime, TimestampsTime
+from geoprep.shards.schema import slot_entry
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,13 @@ class Slot:
 
     def to_json(self) -> dict[str, Any]:
         """The slot's entry in a sample's json (`"slots": {name: ...}`)."""
-        return {
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "target": self.target.isoformat(),
-            "year_group": self.year_group,
-            "season": self.season,
-        }
+        return slot_entry(
+            self.start.isoformat(),
+            self.end.isoformat(),
+            self.target.isoformat(),
+            self.year_group,
+            self.season,
+        )
 
 
 def slots_for(

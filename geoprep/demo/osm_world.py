@@ -28,9 +28,9 @@ from pyproj import Transformer
 from shapely import affinity
 from shapely.geometry import LineString, MultiPolygon, Polygon, box
 
+from geoprep.demo.osm_pbf_writer import write_pbf
 from geoprep.demo.overpass_server import OverpassStandIn
 from geoprep.demo.truth import YEARS, Truth
-from geoprep.planning.osm_pbf import write_pbf
 from geoprep.planning.overpass import OsmFeature, build_query
 from geoprep.planning.samplers.osm import DEFAULT_CLASSES, parse_tag
 

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 from shapely.geometry import box
 
 from geoprep.demo.http_standin import StandInHandler, ThreadedStandIn
-from geoprep.planning.osm_pbf import features_to_primitives
+from geoprep.demo.osm_pbf_writer import features_to_primitives
 from geoprep.planning.overpass import OsmFeature
 
 log = logging.getLogger(__name__)

@@ -77,9 +77,9 @@ def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]
 
 def run_demo(out: Path, seed: int = 0, scale: str = "small", workers: int = 2) -> list[StageResult]:
     """Run every stage that exists on the demo world under `out`; return what each produced."""
-    from geoprep.cli import run_build
+    from geoprep.building.console import run_build
     from geoprep.planning.plan import plan
-    from geoprep.recipe.model import load_recipe
+    from geoprep.recipe.load import load_recipe
 
     out = Path(out)
     world = out / "world"

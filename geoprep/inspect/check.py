@@ -15,9 +15,16 @@ from rasterio.crs import CRS
 
 from geoprep.inspect.findings import Preview, PreviewImage, Problem, ShardScan, one_line
 from geoprep.reader import decode_tif
-
-IMAGE_FORMATS = ("tif", "npy")
-AUDIO_MEMBERS = ("audio.flac", "mel.npy")
+from geoprep.shards.schema import (
+    AUDIO_MEMBER,
+    AUDIO_MEMBERS,
+    IMAGE_FORMATS,
+    JSON_MEMBER,
+    MEL_MEMBER,
+    image_suffix,
+    nodata_from_json,
+    shared_grid,
+)
 
 
 @lru_cache(maxsize=256)
@@ -29,8 +36,7 @@ def _crs(text: str) -> CRS | None:
 
 
 def _same_nodata(a: Any, b: Any) -> bool:
-    a = math.nan if isinstance(a, str) and a.lower() == "nan" else a
-    b = math.nan if isinstance(b, str) and b.lower() == "nan" else b
+    a, b = nodata_from_json(a), nodata_from_json(b)
     if a is None or b is None:
         return a is None and b is None
     try:
@@ -86,7 +92,7 @@ class SampleChecker:
                 from geoprep.inspect.previews import best_per_slot
 
                 preview.images = best_per_slot(preview.images)
-            for suffix in sorted(set(members) - listed - {"json"}):
+            for suffix in sorted(set(members) - listed - {JSON_MEMBER}):
                 problems.append(("unlisted-member", f"{key}.{suffix} is not listed in the JSON"))
         for code, reason in problems:
             scan.problems.append(Problem(scan.url, key, code, reason))
@@ -97,11 +103,11 @@ class SampleChecker:
     def _meta(
         self, key: str, members: dict[str, bytes], problems: list[tuple[str, str]]
     ) -> dict[str, Any] | None:
-        if "json" not in members:
-            problems.append(("missing-json", f"no {key}.json member"))
+        if JSON_MEMBER not in members:
+            problems.append(("missing-json", f"no {key}.{JSON_MEMBER} member"))
             return None
         try:
-            meta = json.loads(members["json"])
+            meta = json.loads(members[JSON_MEMBER])
         except ValueError as error:
             problems.append(("bad-json", f"{key}.json does not parse: {error}"))
             return None
@@ -262,10 +268,10 @@ class SampleChecker:
         if declared:
             for member in sorted(set(AUDIO_MEMBERS) - present):
                 problems.append(("missing-member", f"{key}.{member} is missing (JSON has audio)"))
-        if "audio.flac" in present:
-            self._flac(sample, info, members["audio.flac"])
-        if "mel.npy" in present:
-            self._mel(sample, info, members["mel.npy"])
+        if AUDIO_MEMBER in present:
+            self._flac(sample, info, members[AUDIO_MEMBER])
+        if MEL_MEMBER in present:
+            self._mel(sample, info, members[MEL_MEMBER])
         return present
 
     def _flac(self, sample: _Sample, info: dict[str, Any], data: bytes) -> None:
@@ -283,7 +289,7 @@ class SampleChecker:
             problems.append(
                 ("audio-mismatch", f"{key}.audio.flac: {seconds:.3f} s, JSON {wanted_seconds} s")
             )
-        scan.count_member("audio.flac", ("flac", rate, wave.shape[1]), key)
+        scan.count_member(AUDIO_MEMBER, ("flac", rate, wave.shape[1]), key)
 
     def _mel(self, sample: _Sample, info: dict[str, Any], data: bytes) -> None:
         scan, key, problems, preview = sample.scan, sample.key, sample.problems, sample.preview
@@ -305,7 +311,7 @@ class SampleChecker:
             )
             return
         # frames vary with the recording's length: only the mel axis must agree across samples
-        scan.count_member("mel.npy", (mel.dtype.name, mel.shape[0]), key)
+        scan.count_member(MEL_MEMBER, (mel.dtype.name, mel.shape[0]), key)
         scan.stats.add_mel(mel)
         if preview is not None:
             preview.mel = mel.astype(np.float32)
@@ -325,7 +331,7 @@ def _entry_problem(entry: Any) -> str | None:
         return "bands is not a list of names"
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) for n in shape)):
         return "shape is not [bands, height, width]"
-    stem = ".".join(p for p in (entry["sensor"], entry["slot"], group) if p is not None)
+    stem = image_suffix(entry["sensor"], entry["slot"], group)
     extension = entry["member"].rsplit(".", 1)[-1]
     if entry["member"] != f"{stem}.{extension}" or extension not in IMAGE_FORMATS:
         return f"member {entry['member']!r} is not {stem}.tif or {stem}.npy"
@@ -337,8 +343,7 @@ def _grid_of(meta: dict[str, Any], entry: dict[str, Any]) -> tuple[dict[str, Any
     fMoW series differ per image), which must equal the sample's shared `grid` or
     `grids[group]` where those exist; older samples have only the shared one."""
     group = entry.get("group")
-    grids = meta.get("grids") if isinstance(meta.get("grids"), dict) else {}
-    shared = meta.get("grid") if group is None else grids.get(group)
+    shared = shared_grid(meta, group)
     where = "grid" if group is None else f"grids.{group}"
     own = entry.get("grid")
     if own is not None and shared is not None and own != shared:
@@ -357,8 +362,10 @@ def _grid_of(meta: dict[str, Any], entry: dict[str, Any]) -> tuple[dict[str, Any
 
 
 def _nodata(value: Any) -> float | int | None:
+    """The entry's nodata as a number ("nan" is NaN), None when absent or not a number."""
     if isinstance(value, str):
-        return math.nan if value.lower() == "nan" else None
+        value = nodata_from_json(value)
+        return value if isinstance(value, float) else None
     return value if _is_number(value) else None
 
 

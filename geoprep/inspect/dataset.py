@@ -22,31 +22,10 @@ from typing import Any
 from geoprep import __version__
 from geoprep.core.storage import write_bytes_atomic
 from geoprep.inspect.bandstats import StatsCollector
-from geoprep.inspect.check import AUDIO_MEMBERS, IMAGE_FORMATS, SampleChecker
-from geoprep.inspect.findings import COUNTED, Preview, PreviewImage, Problem, ShardScan, Variants
+from geoprep.inspect.findings import COUNTED, Problem, ShardScan, Variants
 from geoprep.inspect.result import InspectResult, ShardSummary
-from geoprep.inspect.scan import scan_shard, split_member_name, unsafe_member
+from geoprep.inspect.scan import scan_shard
 from geoprep.inspect.sources import Sources, resolve_sources
-
-__all__ = [
-    "AUDIO_MEMBERS",
-    "COUNTED",
-    "IMAGE_FORMATS",
-    "STATS_FORMAT",
-    "InspectResult",
-    "Preview",
-    "PreviewImage",
-    "Problem",
-    "SampleChecker",
-    "ShardScan",
-    "ShardSummary",
-    "Sources",
-    "inspect_dataset",
-    "resolve_sources",
-    "scan_shard",
-    "split_member_name",
-    "unsafe_member",
-]
 
 log = logging.getLogger(__name__)
 

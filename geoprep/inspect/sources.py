@@ -1,20 +1,22 @@
-"""Finding the shards: expands the command-line sources and reads the build's records."""
+"""Finding the shards: expands the command-line sources and reads the build's records.
+
+A dataset directory or index.json is listed by `geoprep.shards.listing`, as the reader lists it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 
 from geoprep.core.errors import UserError
-from geoprep.core.storage import join
+from geoprep.core.storage import is_local, join
 from geoprep.inspect.findings import Problem, one_line
-
-_SHARD_NAME = re.compile(r"^(\d+)(?:-\d+)?\.tar$")
+from geoprep.shards.layout import TAR_NAME
+from geoprep.shards.listing import dataset_tars, index_tars
 
 
 @dataclass
@@ -30,17 +32,13 @@ class Sources:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
 def _url(fs: Any, path: str, like: str) -> str:
-    return path if _is_local(like) else fs.unstrip_protocol(path)
+    return path if is_local(like) else fs.unstrip_protocol(path)
 
 
 def _normal(url: str) -> str:
     """Local paths absolute (globs return them so; names must compare equal), URLs as given."""
-    return os.path.abspath(url.removeprefix("file://")) if _is_local(url) else url
+    return os.path.abspath(url.removeprefix("file://")) if is_local(url) else url
 
 
 def _exists(url: str) -> bool:
@@ -76,31 +74,10 @@ def _expand(source: str) -> tuple[list[str], str | None]:
     if not fs.exists(path):
         raise UserError(f"{source}: no such shard, index or dataset directory")
     if fs.isdir(path):
-        return _dataset_tars(source), source
+        return dataset_tars(source, unfinished=True), source
     if source.endswith(".json"):
-        return _index_tars(source), _parent(source)
+        return index_tars(source), _parent(source)
     return [source], None
-
-
-def _index_tars(url: str) -> list[str]:
-    try:
-        doc = _read_json(url)
-        entries = doc["shardlist"]
-        urls = [entry["url"] for entry in entries]
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{url}: not a shard index with a 'shardlist' of urls ({error})") from None
-    base = _parent(url)
-    return [u if "://" in u or u.startswith("/") else join(base, u) for u in urls]
-
-
-def _dataset_tars(root: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(root)
-    if fs.exists(f"{path.rstrip('/')}/index.json"):
-        return _index_tars(join(root, "index.json"))
-    found = sorted(fs.glob(f"{path.rstrip('/')}/shards/*.tar"))
-    if not found:
-        raise UserError(f"{root}: no index.json and no shards/*.tar; is it a geoprep build output?")
-    return [_url(fs, p, root) for p in found]
 
 
 def resolve_sources(sources: list[str]) -> Sources:
@@ -156,7 +133,7 @@ def _read_build_records(found: Sources) -> None:
 def _check_complete(found: Sources, parts: dict[str, dict[str, Any]]) -> None:
     """A dataset directory: every shard built, every built tar listed, no uncommitted tar."""
     for tar in found.tars:
-        if tar not in parts and _SHARD_NAME.match(tar.rsplit("/", 1)[-1]):
+        if tar not in parts and TAR_NAME.match(tar.rsplit("/", 1)[-1]):
             found.problems.append(
                 Problem(tar, None, "uncommitted-shard", "no NNNNN_stats.json: an unfinished build")
             )

@@ -4,38 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from geoprep.planning.samplers.geometry import unit_xyz, xyz_to_latlon
-
-
-class ClusterConfig(BaseModel):
-    """GASSL's geo-labels: K clusters of the locations' positions."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    k: int = Field(100, gt=0, description="number of clusters (fewer if there are fewer locations)")
-    n_init: int = Field(4, gt=0, description="k-means restarts; the best inertia wins")
-
-
-class SplitConfig(BaseModel):
-    """Fractions of locations per split; whole clusters go to one split, so no spatial leakage."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    train: float = Field(0.8, ge=0, le=1)
-    val: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _sum_to_one(self) -> SplitConfig:
-        total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + val + test must be 1, got {total:g}")
-        return self
-
-    def fractions(self) -> dict[str, float]:
-        return {"train": self.train, "val": self.val, "test": self.test}
+from geoprep.recipe.sections import ClusterConfig, SplitConfig
 
 
 def geo_clusters(

@@ -1,4 +1,8 @@
-"""Recipe sections for imagery (catalogs, sensors, time, grid) and for the shard output."""
+"""Recipe sections: clusters, splits, imagery (catalogs, sensors, time, grid), audio, fMoW, output.
+
+The sampler sections live with their samplers (`geoprep.planning.samplers`): each is the
+model of its section and the code that draws its locations.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,35 @@ Resampling = Literal["nearest", "bilinear", "cubic", "average", "lanczos", "mode
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterConfig(BaseModel):
+    """GASSL's geo-labels: K clusters of the locations' positions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(100, gt=0, description="number of clusters (fewer if there are fewer locations)")
+    n_init: int = Field(4, gt=0, description="k-means restarts; the best inertia wins")
+
+
+class SplitConfig(BaseModel):
+    """Fractions of locations per split; whole clusters go to one split, so no spatial leakage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
 
 
 class CatalogSpec(_Spec):

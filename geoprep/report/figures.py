@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from geoprep.inspect.dataset import InspectResult, Preview
+    from geoprep.inspect.findings import Preview
+    from geoprep.inspect.result import InspectResult
 
 # matplotlib is imported inside the functions that draw: it loads only when a report is made
 

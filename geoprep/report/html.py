@@ -7,39 +7,18 @@ import html
 import re
 from typing import TYPE_CHECKING, Any
 
-from geoprep.inspect.previews import PREVIEW_PIXELS, best_per_slot, display_bands, preview_image
 from geoprep.report.figures import (
     band_histogram_figure,
     counts_figure,
-    dense_regions,
-    land_grids,
     map_figure,
     natural_key,
     spectrogram_figure,
 )
-from geoprep.report.mosaics import Cell, mosaic_figure, thumbnails_figure, time_strip_figures
+from geoprep.report.mosaics import thumbnails_figure, time_strip_figures
 
 if TYPE_CHECKING:
-    from geoprep.inspect.dataset import InspectResult
+    from geoprep.inspect.result import InspectResult
 
-__all__ = [
-    "PREVIEW_PIXELS",
-    "Cell",
-    "band_histogram_figure",
-    "best_per_slot",
-    "counts_figure",
-    "dense_regions",
-    "display_bands",
-    "land_grids",
-    "map_figure",
-    "mosaic_figure",
-    "preview_image",
-    "render_html",
-    "spectrogram_figure",
-    "thumbnails_figure",
-    "time_strip_figures",
-    "write_report",
-]
 
 # ---------------------------------------------------------------- report.html
 

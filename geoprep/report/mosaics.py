@@ -10,7 +10,7 @@ import numpy as np
 from geoprep.report.figures import natural_key, plain_text, png_bytes
 
 if TYPE_CHECKING:
-    from geoprep.inspect.dataset import Preview, PreviewImage
+    from geoprep.inspect.findings import Preview, PreviewImage
 
 
 def _stretched(image: PreviewImage, stats: dict[str, Any]) -> np.ndarray:

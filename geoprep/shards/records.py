@@ -1,8 +1,7 @@
 """Sample records and how a sample becomes tar members: JSON metadata, GeoTIFF/npy images, extras.
 
-A sample keyed `KEY` becomes the members `KEY.json`, one `KEY.{sensor}.{slot}[.{group}].{tif|npy}`
-per image and `KEY.{suffix}` per extra; every encoding here is deterministic, so the same records
-always give the same bytes.
+Member names and JSON keys follow `geoprep.shards.schema`; every encoding here is deterministic,
+so the same records always give the same bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -19,9 +18,17 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from geoprep.core.signing import unsigned_href
-
-ImageFormat = Literal["tif", "npy"]
-GRID_KEYS = ("crs", "transform", "width", "height", "gsd")
+from geoprep.shards.schema import (
+    DERIVED_KEYS,
+    GRID_KEYS,
+    IMAGE_FORMATS,
+    IMAGE_KEYS,
+    JSON_MEMBER,
+    ImageFormat,
+    image_member,
+    image_suffix,
+    nodata_to_json,
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class ImageRecord:
     @property
     def suffix(self) -> str:
         """The member name after the key, without the format extension: `s2.t0`, `s2.t0.10m`."""
-        return ".".join(p for p in (self.sensor, self.slot, self.group) if p is not None)
+        return image_suffix(self.sensor, self.slot, self.group)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -82,7 +89,7 @@ class SampleRecord:
     def __post_init__(self) -> None:
         if not self.key or "." in self.key or "/" in self.key:
             raise ValueError(f"sample key {self.key!r} must be non-empty, without . or /")
-        if {"images", "grid", "grids"} & set(self.meta):
+        if set(DERIVED_KEYS) & set(self.meta):
             raise ValueError(f"sample {self.key}: meta must not hold images/grid/grids")
         if self.meta.get("id", self.key) != self.key:
             raise ValueError(f"sample {self.key}: meta id {self.meta['id']!r} differs from key")
@@ -98,8 +105,8 @@ def encode_image(record: ImageRecord, fmt: ImageFormat) -> bytes:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         return buffer.getvalue()
-    if fmt != "tif":
-        raise ValueError(f"image format {fmt!r}; expected 'tif' or 'npy'")
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"image format {fmt!r}; expected one of {IMAGE_FORMATS}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
     count, height, width = array.shape
@@ -150,33 +157,27 @@ def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
     for image in sample.images:
         if grids.setdefault(image.group, image.grid) != image.grid:
             shared = False
-        clash = {"member", "sensor", "slot", "group", "bands", "dtype", "shape", "grid"} & set(
-            image.provenance
-        )
+        clash = set(IMAGE_KEYS) & set(image.provenance)
         if clash:
             raise ValueError(f"sample {sample.key}: provenance must not set {sorted(clash)}")
         provenance = dict(image.provenance)
         if isinstance(provenance.get("hrefs"), dict):
             provenance["hrefs"] = {k: unsigned_href(v) for k, v in provenance["hrefs"].items()}
-        nodata = image.nodata
-        is_nan = isinstance(nodata, float | np.floating) and math.isnan(nodata)
-        entries.append(
-            {
-                "member": f"{image.suffix}.{fmt}",
-                "sensor": image.sensor,
-                "slot": image.slot,
-                "group": image.group,
-                "bands": list(image.bands),
-                "dtype": image.array.dtype.name,
-                "shape": list(image.shape),
-                # JSON has no NaN; the reader turns "nan" back into a float
-                "nodata": "nan" if is_nan else nodata,
-                # every image states its own grid; the shared grid(s) below repeat it for
-                # readers that want one grid per sample or per resolution group
-                "grid": image.grid,
-                **provenance,
-            }
+        described = (
+            image_member(image.sensor, image.slot, image.group, fmt),
+            image.sensor,
+            image.slot,
+            image.group,
+            list(image.bands),
+            image.array.dtype.name,
+            list(image.shape),
+            # JSON has no NaN; the reader turns "nan" back into a float
+            nodata_to_json(image.nodata),
+            # every image states its own grid; the shared grid(s) below repeat it for
+            # readers that want one grid per sample or per resolution group
+            image.grid,
         )
+        entries.append({**dict(zip(IMAGE_KEYS, described, strict=True)), **provenance})
     doc: dict[str, Any] = {"id": sample.key, **sample.meta}
     if None in grids and len(grids) > 1:
         raise ValueError(f"sample {sample.key}: mixes common (group None) and native images")
@@ -212,9 +213,9 @@ def jsonable(value: Any) -> Any:
 
 def sample_members(sample: SampleRecord, fmt: ImageFormat) -> dict[str, bytes]:
     """Every member of a sample, suffix → bytes (the tar names are `{key}.{suffix}`)."""
-    members = {"json": json_bytes(sample_json(sample, fmt))}
+    members = {JSON_MEMBER: json_bytes(sample_json(sample, fmt))}
     for image in sample.images:
-        members[f"{image.suffix}.{fmt}"] = encode_image(image, fmt)
+        members[image_member(image.sensor, image.slot, image.group, fmt)] = encode_image(image, fmt)
     for suffix, data in sample.extras.items():
         if suffix in members or not isinstance(data, bytes):
             raise ValueError(f"sample {sample.key}: extra {suffix!r} clashes or is not bytes")

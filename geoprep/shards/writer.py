@@ -1,19 +1,11 @@
-"""Writing reproducible WebDataset shards, their stats and the manifest; resuming a killed build.
-
-Layout under the output URL `OUT`:
-
-- `shards/{index:05d}.tar` — the samples of plan slice `index`, in plan order; a shard that would
-  pass `max_bytes` is split, in order and by cumulative size, into `{index:05d}-0.tar`,
-  `{index:05d}-1.tar`, … (all parts are renamed so a brace pattern over the plain names fails
-  loudly instead of silently missing data; `manifest.json` / `index.json` list every part).
-- `shards/{index:05d}_stats.json` — written LAST, after every part is in place: the commit marker.
-  A shard without it is not done, whatever tars exist; the next run rewrites it.
-- `manifest.json` and `index.json` (a wids shard index) once the build is over.
+"""Writing reproducible WebDataset shards: one `ShardWriter` per shard index, committed last.
 
 Tars are byte-for-byte reproducible: fixed mtime/uid/gid/owner names/mode, members of a sample
 contiguous and sorted, deterministic GeoTIFF bytes. Local tars are written to a hidden temporary
 sibling (`.NNNNN-*.tar.tmp`) and `os.replace`d; for remote (fsspec) outputs a tar is spooled to a
 local temporary file and uploaded with one put, which object stores publish whole or not at all.
+The file names, the commit marker and what a shard split by size looks like are in
+`geoprep.shards.layout`.
 """
 
 from __future__ import annotations
@@ -21,24 +13,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import math
 import os
-import re
 import tarfile
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 
-from geoprep import __version__
 from geoprep.core.signing import redact
 from geoprep.core.storage import is_local, join, local_path, write_bytes_atomic
 from geoprep.recipe.sections import OutputSpec
-from geoprep.shards.records import ImageFormat, SampleRecord, jsonable, sample_members
+from geoprep.shards.layout import (
+    ShardStats,
+    TarPart,
+    pretty_json,
+    read_stats,
+    shard_tar_name,
+    stats_url,
+)
+from geoprep.shards.records import SampleRecord, sample_members
+from geoprep.shards.schema import IMAGE_FORMATS, ImageFormat
 
 log = logging.getLogger(__name__)
 
@@ -46,41 +43,6 @@ log = logging.getLogger(__name__)
 TAR_MTIME = 946684800
 TAR_OWNER = "geoprep"
 TAR_BLOCK, TAR_RECORD = 512, 10240
-_TAR_NAME = re.compile(r"^(\d+)(?:-(\d+))?\.tar$")
-_STATS_NAME = re.compile(r"^(\d+)_stats\.json$")
-_TEMP_NAME = re.compile(r"^\..*\.tmp$")
-
-
-@dataclass(frozen=True)
-class TarPart:
-    name: str  # file name inside shards/
-    nsamples: int
-    bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class ShardStats:
-    """The content of `{index:05d}_stats.json`; `duration_s` is the only non-reproducible field."""
-
-    shard: int
-    format: str
-    count: int
-    successes: int
-    failures: dict[str, int]
-    failed: list[dict[str, str]]
-    duration_s: float
-    bytes: int
-    sha256: str  # of the tar parts concatenated in order: the tar's own hash when unsplit
-    tars: list[TarPart]
-
-    def to_json(self) -> dict[str, Any]:
-        doc = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "tars"}
-        return doc | {"tars": [vars(part) for part in self.tars]}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ShardStats:
-        return cls(**(doc | {"tars": [TarPart(**part) for part in doc["tars"]]}))
 
 
 # ---------------------------------------------------------------- writing
@@ -164,8 +126,8 @@ class ShardWriter:
     def __init__(
         self, out_url: str, index: int, fmt: ImageFormat = "tif", max_bytes: int | None = None
     ) -> None:
-        if fmt not in ("tif", "npy"):
-            raise ValueError(f"image format {fmt!r}; expected 'tif' or 'npy'")
+        if fmt not in IMAGE_FORMATS:
+            raise ValueError(f"image format {fmt!r}; expected one of {IMAGE_FORMATS}")
         self.out_url, self.index, self.fmt, self.max_bytes = out_url, index, fmt, max_bytes
         self.shards_url = join(out_url, "shards")
         self._local = is_local(out_url)
@@ -264,7 +226,7 @@ class ShardWriter:
             for stale in earlier - set(names):  # e.g. parts of a split the new cap no longer needs
                 fs.rm(f"{shards_path}/{stale}")
             stats = self._stats(names, duration_s)
-            write_bytes_atomic(stats_url(self.out_url, self.index), _pretty_json(stats.to_json()))
+            write_bytes_atomic(stats_url(self.out_url, self.index), pretty_json(stats.to_json()))
         except BaseException:
             self.abort()
             raise
@@ -299,107 +261,3 @@ class ShardWriter:
             except OSError as error:
                 log.warning("could not remove %s: %s", part.tmp, error)
         self._state = "aborted" if self._state == "open" else self._state
-
-
-def shard_tar_name(index: int, part: int | None = None) -> str:
-    return f"{index:05d}.tar" if part is None else f"{index:05d}-{part}.tar"
-
-
-def stats_url(out_url: str, index: int) -> str:
-    return join(out_url, "shards", f"{index:05d}_stats.json")
-
-
-def _pretty_json(doc: Any) -> bytes:
-    return json.dumps(jsonable(doc), indent=2, ensure_ascii=False, allow_nan=False).encode()
-
-
-def _without(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k not in keys}
-
-
-def _list_shards_dir(shards_url: str) -> tuple[Any, str, list[str]]:
-    fs, path = fsspec.core.url_to_fs(shards_url)
-    try:
-        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)]
-    except FileNotFoundError:
-        names = []
-    return fs, path, sorted(names)
-
-
-# ---------------------------------------------------------------- resuming and the manifest
-
-
-def done_shards(out_url: str) -> set[int]:
-    """Indexes of committed shards: those with a stats file."""
-    _, _, names = _list_shards_dir(join(out_url, "shards"))
-    return {int(m.group(1)) for m in map(_STATS_NAME.match, names) if m}
-
-
-def read_stats(out_url: str, index: int) -> ShardStats:
-    with fsspec.open(stats_url(out_url, index), "rb") as handle:
-        return ShardStats.from_json(json.load(handle))
-
-
-def clean_partial(out_url: str) -> list[str]:
-    """Remove temporaries and uncommitted tars left by a killed run; returns the removed names.
-
-    Call it once before starting writers: it would also remove the files of writers running now.
-    """
-    fs, path, names = _list_shards_dir(join(out_url, "shards"))
-    done = done_shards(out_url)
-    removed = []
-    for name in names:
-        tar = _TAR_NAME.match(name)
-        if _TEMP_NAME.match(name) or (tar and int(tar.group(1)) not in done):
-            fs.rm(f"{path}/{name}")
-            removed.append(name)
-    if removed:
-        log.info("removed %d partial file(s) from %s: %s", len(removed), out_url, removed[:5])
-    return removed
-
-
-def write_manifest(
-    out_url: str, recipe: dict[str, Any], recipe_digest: str, n_shards: int
-) -> dict[str, Any]:
-    """Gather every shard's stats into `OUT/manifest.json` and a wids index `OUT/index.json`."""
-    done = done_shards(out_url)
-    missing = [i for i in range(n_shards) if i not in done]
-    if missing:
-        log.warning("%d of %d shards are not done: %s", len(missing), n_shards, missing[:10])
-    shards, failures, shardlist = [], Counter(), []
-    for index in sorted(i for i in done if i < n_shards):
-        stats = read_stats(out_url, index)
-        failures.update(stats.failures)
-        tars = [{"path": f"shards/{t.name}"} | _without(vars(t), "name") for t in stats.tars]
-        shardlist += [
-            {"url": t["path"], "nsamples": t["nsamples"], "filesize": t["bytes"]}
-            for t in tars
-            if t["nsamples"]
-        ]
-        summary = _without(stats.to_json(), "shard", "failed", "duration_s", "tars")
-        shards.append({"index": index, **summary, "tars": tars})
-    manifest = {
-        "geoprep_version": __version__,
-        "recipe_digest": recipe_digest,
-        "recipe": recipe,
-        "n_shards": n_shards,
-        "complete": not missing,
-        "missing": missing,
-        "totals": {
-            "locations": sum(s["count"] for s in shards),
-            "successes": sum(s["successes"] for s in shards),
-            "failures": sum(failures.values()),
-            "bytes": sum(s["bytes"] for s in shards),
-        },
-        "failures": dict(sorted(failures.items())),
-        "shards": shards,
-    }
-    index_doc = {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "name": str(recipe.get("name", "geoprep")),
-        "shardlist": shardlist,
-    }
-    write_bytes_atomic(join(out_url, "index.json"), _pretty_json(index_doc))
-    write_bytes_atomic(join(out_url, "manifest.json"), _pretty_json(manifest))
-    return manifest

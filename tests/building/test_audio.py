@@ -23,7 +23,7 @@ from geoprep.building.audio import (
     mel_power,
     to_pcm16,
 )
-from geoprep.building.imagery import LocationFailed
+from geoprep.building.location import LocationFailed
 from geoprep.core.errors import UserError
 from geoprep.demo.aporee_world import build_aporee, read_manifest
 from geoprep.demo.archive_server import ArchiveStandIn

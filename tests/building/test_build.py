@@ -43,7 +43,8 @@ from geoprep.cli import main
 from geoprep.core.errors import UserError
 from geoprep.demo import sas_server
 from geoprep.demo.servers import WorldServices
-from geoprep.recipe.model import Recipe, validate_recipe
+from geoprep.recipe.load import validate_recipe
+from geoprep.recipe.model import Recipe
 
 S2_NATIVE_BANDS = ["B02", "B08", "B05", "B11", "B01"]  # 10, 10, 20, 20, 60 m
 GROUP_GSDS = {"10m": 10, "20m": 20, "60m": 60}

@@ -43,7 +43,8 @@ from geoprep.demo.aporee_world import read_manifest
 from geoprep.demo.servers import WorldServices
 from geoprep.planning.samplers.aporee import choose_audio_file, download_url
 from geoprep.reader import GeoArray, decoder, open_dataset
-from geoprep.recipe.model import Recipe, validate_recipe
+from geoprep.recipe.load import validate_recipe
+from geoprep.recipe.model import Recipe
 
 GSD, SIZE = 4.0, 32
 MAX_DURATION_S = 5.0  # shorter than a few of the tiny world's recordings: they are cut

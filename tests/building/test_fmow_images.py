@@ -23,7 +23,7 @@ from geoprep.building.fmow import (
     image_footprint,
     slot_entries,
 )
-from geoprep.building.imagery import LocationFailed
+from geoprep.building.location import LocationFailed
 from geoprep.core.errors import UserError
 from geoprep.planning.samplers.fmow import FMOW_CATEGORIES, FmowSampler
 from geoprep.recipe.sections import FmowImagesSpec

@@ -26,9 +26,9 @@ from geoprep.core.errors import UserError
 from geoprep.demo import file_server
 from geoprep.demo.archive_server import ItemFile, write_item
 from geoprep.demo.file_server import FileServer, port_is_open
+from geoprep.demo.osm_pbf_writer import write_pbf
 from geoprep.demo.sas_server import SasTokenServer, mint_token
 from geoprep.demo.servers import serve_forever, serve_world
-from geoprep.planning.osm_pbf import write_pbf
 from geoprep.planning.overpass import OsmFeature
 
 S2 = ("sentinel-2-l2a", "sentinel2l2a01", "sentinel2-l2")

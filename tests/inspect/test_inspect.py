@@ -18,9 +18,11 @@ from rasterio.io import MemoryFile
 
 from geoprep.core.errors import UserError
 from geoprep.inspect.bandstats import BandAccumulator, valid_pixels
-from geoprep.inspect.dataset import inspect_dataset, resolve_sources
+from geoprep.inspect.dataset import inspect_dataset
+from geoprep.inspect.sources import resolve_sources
+from geoprep.shards.manifest import write_manifest
 from geoprep.shards.records import ImageRecord, SampleRecord
-from geoprep.shards.writer import ShardWriter, write_manifest
+from geoprep.shards.writer import ShardWriter
 
 PER_SHARD = 4
 S2_BANDS = ["B04", "B03", "B02", "B08"]

@@ -16,8 +16,9 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 from shapely.ops import polylabel
 
 from geoprep.core.errors import SourceError, UserError
+from geoprep.demo.osm_pbf_writer import write_pbf
 from geoprep.demo.overpass_server import OverpassFault, OverpassStandIn
-from geoprep.planning.osm_pbf import read_pbf_features, write_pbf
+from geoprep.planning.osm_pbf import read_pbf_features
 from geoprep.planning.overpass import (
     OsmFeature,
     OverpassClient,

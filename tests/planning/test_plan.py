@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoprep.planning.clusters import ClusterConfig, SplitConfig, assign_splits, geo_clusters
+from geoprep.planning.clusters import assign_splits, geo_clusters
 from geoprep.planning.plan import plan, read_locations
-from geoprep.recipe.model import validate_recipe
+from geoprep.recipe.load import validate_recipe
+from geoprep.recipe.sections import ClusterConfig, SplitConfig
 
 REQUIRED = ["id", "lat", "lon", "geometry", "source", "label", "cluster", "split"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from geoprep.core.errors import UserError
-from geoprep.recipe.model import apply_override, load_recipe
+from geoprep.recipe.load import apply_override, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))

@@ -28,7 +28,8 @@ from test_inspect import (
     write_dataset,
 )
 
-from geoprep.inspect.dataset import PreviewImage, inspect_dataset
+from geoprep.inspect.dataset import inspect_dataset
+from geoprep.inspect.findings import PreviewImage
 from geoprep.inspect.previews import display_bands, preview_image
 from geoprep.report.figures import dense_regions, land_grids
 from geoprep.shards.records import ImageRecord, SampleRecord
@@ -255,7 +256,7 @@ def test_summary_tables_print_data_literally(report) -> None:
 
     from rich.console import Console
 
-    from geoprep.inspect.dataset import Problem
+    from geoprep.inspect.findings import Problem
 
     _, _, result = report
     odd = Problem("x/00000.tar", "[/bold]key", "bad-json", "[red]not red[/red]")

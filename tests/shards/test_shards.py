@@ -17,17 +17,18 @@ import rasterio
 import webdataset as wds
 from rasterio.io import MemoryFile
 
+import geoprep.shards.writer
 from geoprep.recipe.sections import OutputSpec
-from geoprep.shards import records as samples
-from geoprep.shards import writer as shards
-from geoprep.shards.records import ImageRecord, SampleRecord, encode_image
-from geoprep.shards.writer import (
-    ShardWriter,
-    clean_partial,
-    done_shards,
-    read_stats,
-    write_manifest,
+from geoprep.shards.layout import ShardStats, clean_partial, done_shards, read_stats
+from geoprep.shards.manifest import write_manifest
+from geoprep.shards.records import (
+    ImageRecord,
+    SampleRecord,
+    encode_image,
+    sample_json,
+    sample_members,
 )
+from geoprep.shards.writer import TAR_MTIME, ShardWriter
 
 SIGNED = "https://acct.blob.core.windows.net/c/B04.tif?st=2024&se=2024&sp=rl&sig=SECRET%3D"
 
@@ -65,7 +66,7 @@ def sample(key: str, seed: int = 0, size: int = 32) -> SampleRecord:
     return SampleRecord(key, meta, [image(seed=seed, size=size)])
 
 
-def write_shard(out: str, index: int, keys: list[str], fmt: str = "tif", **kw) -> shards.ShardStats:
+def write_shard(out: str, index: int, keys: list[str], fmt: str = "tif", **kw) -> ShardStats:
     with ShardWriter(out, index, fmt, **kw) as writer:
         for n, key in enumerate(keys):
             writer.add(sample(key, seed=index * 100 + n))
@@ -140,7 +141,7 @@ def test_stock_webdataset_reads_keys_and_members(tmp_path: Path, fmt: str) -> No
     keys = [m.name.split(".")[0] for m in members]
     assert keys == sorted(keys)  # each sample's members contiguous, in plan order
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
-        (shards.TAR_MTIME, 0, 0, "geoprep", "geoprep", 0o644)
+        (TAR_MTIME, 0, 0, "geoprep", "geoprep", 0o644)
     }
     assert stats.successes == 3 and stats.count == 4 and stats.tars[0].nsamples == 3
 
@@ -176,7 +177,7 @@ def test_stats_are_written_after_the_tar_and_a_crash_between_is_redone(
         assert (tmp_path / "shards" / "00000.tar").exists()  # the tar is already in place
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shards, "write_bytes_atomic", crash)
+    monkeypatch.setattr(geoprep.shards.writer, "write_bytes_atomic", crash)
     with pytest.raises(KeyboardInterrupt):
         write_shard(str(tmp_path), 0, ["a", "b"])
     assert done_shards(str(tmp_path)) == set()
@@ -217,7 +218,7 @@ def test_killed_run_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:
 
 def test_size_cap_splits_a_shard_into_ordered_parts(tmp_path: Path) -> None:
     keys = [f"k{i}" for i in range(5)]
-    one = len(samples.sample_members(sample("k0"), "tif")["s2.t0.tif"])
+    one = len(sample_members(sample("k0"), "tif")["s2.t0.tif"])
     cap = 10240 * ((2 * one) // 10240 + 2)  # room for about two samples per part
     stats = write_shard(str(tmp_path), 0, keys, max_bytes=cap)
     names = [t.name for t in stats.tars]
@@ -304,7 +305,7 @@ def test_remote_output_through_fsspec(tmp_path: Path) -> None:
         lambda: ImageRecord("s2", "t0", np.zeros((3, 8, 8)), grid(), ["a", "b", "c"]),
         lambda: ImageRecord("s2", "t0", np.zeros((2, 32, 32)), grid(), ["a", "b", "c"]),
         lambda: ImageRecord("s.2", "t0", np.zeros((1, 32, 32)), grid(), ["a"]),
-        lambda: samples.sample_json(SampleRecord("a", {}, [image(), image(group="10m")]), "tif"),
+        lambda: sample_json(SampleRecord("a", {}, [image(), image(group="10m")]), "tif"),
     ],
 )
 def test_invalid_records_are_refused(build) -> None:
