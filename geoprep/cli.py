@@ -1,4 +1,9 @@
-"""The `geoprep` command line: plan, demo-world (and later build, inspect)."""
+"""The `geoprep` command line: argument parsing and dispatch to the stages.
+
+Commands: plan, build, inspect, check (a recipe), demo-world (generate the offline world),
+serve-demo (serve it on loopback) and demo (every stage on the demo world). Exit codes: 0 success,
+1 a source failed, 2 a user mistake, 3 inspect found problems in the data, 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import time
 from rich.table import Table
 
 from geoprep import __version__
-from geoprep.core.errors import SourceError, UserError
+from geoprep.core.errors import DATA_PROBLEMS_EXIT_CODE, SourceError, UserError
 from geoprep.core.progress import console, progress_bar
 
 log = logging.getLogger("geoprep")
@@ -31,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Recipes are documented in README.md.",
     )
     parser.add_argument("--version", action="version", version=f"geoprep {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug logs")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="print debug logs")
+    # SUPPRESS: without -v after the command, keep what was given before it (`geoprep -v plan`)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print debug logs"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -52,14 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
         "build",
         parents=[common],
         help="fetch imagery for the planned locations and write WebDataset shards",
-        description="Plan (unless OUT/plan holds the same plan), find scenes in the recipe's "
-        "catalogs, read co-registered patches and write OUT/shards/NNNNN.tar with a "
+        description="Plan (unless --plan DIR, OUT or OUT/plan holds a plan of the same recipe "
+        "sections seed, sampler, clusters and splits, e.g. one made by 'geoprep plan'), find "
+        "scenes in the recipe's catalogs, read co-registered patches, audio and fMoW images, and "
+        "write OUT/shards/NNNNN.tar with a "
         "NNNNN_stats.json commit marker each, then OUT/manifest.json. Rerunning the same "
         "command after an interruption builds only the missing shards; the same recipe gives "
         "the same shards whatever the worker count.",
         epilog=_EPILOG_SET,
     )
-    _add_recipe_args(p, "recipe YAML with an imagery section", with_out=True)
+    _add_recipe_args(p, "recipe YAML with an imagery, audio or fmow_images section", with_out=True)
+    p.add_argument(
+        "--plan",
+        metavar="DIR",
+        dest="plan_dir",
+        help="use the plan in DIR (made by 'geoprep plan RECIPE -o DIR') instead of planning; "
+        "it must come from the same seed, sampler, clusters and splits",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument(
         "--io-threads", type=int, default=8, help="concurrent locations per worker (default 8)"
@@ -86,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the schema, count samples per shard/split/cluster/label/sensor and the build's failures, "
         "write per-band statistics to stats.json beside the shards, and with --report draw a map, "
         "histograms, thumbnails, time strips and spectrograms into one self-contained "
-        "report.html. Exit code 0 when the dataset is clean, 1 when problems were found.",
+        "report.html. Exit code 0 when the dataset is clean, 3 when problems were found in "
+        "the data"
+        " (2 when a source does not exist).",
     )
     p.add_argument(
         "sources",
@@ -108,26 +128,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate RECIPE (with overrides) and print it resolved, with defaults filled.",
         epilog=_EPILOG_SET,
     )
-    _add_recipe_args(p, None, with_out=False)
+    _add_recipe_args(p, "recipe YAML file to validate, e.g. recipes/csf.yaml", with_out=False)
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
         "demo-world",
         parents=[common],
-        help="generate (OUT) or serve (serve OUT) the offline demo world",
-        usage="geoprep demo-world [-h] [-v] [--seed S] [--scale {tiny,small,full}] [--force] OUT\n"
-        "       geoprep demo-world serve OUT",
-        description="'geoprep demo-world OUT' writes a small, deterministic world that stands in "
-        "for every real source: ground truth, Sentinel-2/NAIP/Landsat/Sentinel-1-like COGs with "
+        help="generate the offline demo world into OUT",
+        description="Write a small, deterministic world that stands in for every real source: "
+        "ground truth, Sentinel-2/NAIP/Landsat/Sentinel-1-like COGs with "
         "Planetary-Computer-shaped STAC items (static catalogs and stac-geoparquet), an "
         "OpenStreetMap extract, Radio Aporee recordings in archive.org's shape and an fMoW tree. "
-        "'geoprep demo-world serve OUT' serves it on loopback (STAC API, blob store with SAS "
-        "tokens, Overpass and archive.org stand-ins), prints the URLs and runs until Ctrl-C.",
+        "'geoprep serve-demo OUT' then serves it.",
     )
-    p.add_argument("words", nargs="+", metavar="OUT", help="world directory (or: serve OUT)")
+    p.add_argument("out", metavar="OUT", help="world directory")
     _add_world_args(p, "world size (default small: about 6 km AOIs, under 3 minutes)")
     p.add_argument("--force", action="store_true", help="rebuild even if OUT holds a world")
     p.set_defaults(func=_cmd_demo_world)
+
+    p = sub.add_parser(
+        "serve-demo",
+        parents=[common],
+        help="serve a demo world on loopback until Ctrl-C",
+        description="Serve the demo world in WORLD (made by 'geoprep demo-world WORLD') on "
+        "loopback: STAC API, blob store with SAS tokens, Overpass and archive.org stand-ins. "
+        "Prints the URLs and the environment to use, and runs until Ctrl-C.",
+    )
+    p.add_argument("world", metavar="WORLD", help="demo world directory")
+    p.set_defaults(func=_cmd_serve_demo)
 
     p = sub.add_parser(
         "demo",
@@ -138,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         "summary of what was built and where.",
     )
     p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="default demo-out")
-    _add_world_args(p, None)
+    _add_world_args(p, "world size when the world must be built (default small)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="build worker processes per dataset (default 2)"
+    )
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -162,7 +193,7 @@ def _add_recipe_args(
     )
 
 
-def _add_world_args(parser: argparse.ArgumentParser, scale_help: str | None) -> None:
+def _add_world_args(parser: argparse.ArgumentParser, scale_help: str) -> None:
     """The demo world's --seed and --scale."""
     parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     parser.add_argument(
@@ -208,7 +239,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.io_threads < 1:
         raise UserError("--workers and --io-threads must be at least 1")
     recipe = load_recipe(args.recipe, overrides)
-    summary = run_build(recipe, args.out, args.workers, args.io_threads, args.dask)
+    summary = run_build(
+        recipe, args.out, args.workers, args.io_threads, args.dask, plan_dir=args.plan_dir
+    )
     if args.json:
         print(json.dumps({**summary.__dict__, "samples_per_s": summary.samples_per_s}, indent=2))
     return 0
@@ -238,7 +271,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             console.print(f"report: {result.report_path}")
     verdict = "clean" if result.clean else f"{len(result.problems)} problems"
     console.print(f"inspected at {result.samples_per_s:.0f} samples/s: {verdict}")
-    return 0 if result.clean else 1
+    return 0 if result.clean else DATA_PROBLEMS_EXIT_CODE
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -255,17 +288,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_demo_world(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    words = args.words
-    if words[0] == "serve":
-        if len(words) != 2:
-            raise UserError("usage: geoprep demo-world serve OUT")
-        from geoprep.demo.servers import serve_forever
-
-        serve_forever(Path(words[1]))
-        return 0
-    if len(words) != 1:
-        raise UserError(f"expected one world directory, got {words}")
-    out = Path(words[0])
+    out = Path(args.out)
     if (out / "world.json").exists() and not args.force:
         console.print(f"{out} already holds a demo world (use --force to rebuild)")
         return 0
@@ -278,12 +301,23 @@ def _cmd_demo_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from geoprep.demo.servers import serve_forever
+
+    serve_forever(Path(args.world))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from geoprep.demo.run import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, scale=args.scale)
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    run_demo(Path(args.out), seed=args.seed, scale=args.scale, workers=args.workers)
     return 0
 
 

@@ -28,7 +28,7 @@ from geoprep.core.errors import UserError
 from geoprep.core.signing import redact
 from geoprep.core.storage import join, makedirs, read_bytes, write_bytes_atomic
 from geoprep.planning.plan import PLAN_FILE, plan, read_locations
-from geoprep.recipe.model import Recipe
+from geoprep.recipe.model import PLAN_SECTIONS, Recipe
 from geoprep.shards.layout import ShardStats, clean_partial, done_shards
 from geoprep.shards.manifest import write_manifest
 from geoprep.shards.writer import ShardWriter
@@ -166,16 +166,38 @@ def _find_candidates(recipe, catalogs, rows, slots) -> dict[str, dict[str, list]
 
 
 # ---------------------------------------------------------------------- the whole build (driver)
-def ensure_plan(recipe: Recipe, out: str) -> pd.DataFrame:
-    """The plan under OUT/plan, made now unless one of the same plan sections is there."""
-    plan_dir = join(out, "plan")
+def ensure_plan(recipe: Recipe, out: str, plan_dir: str | None = None) -> pd.DataFrame:
+    """The planned locations: from `plan_dir` when given (a plan of the same plan sections, or
+    a UserError); else from OUT/plan or OUT itself (`geoprep plan -o OUT`) when either holds a
+    plan of the same plan sections; else planned now into OUT/plan."""
+    if plan_dir is not None:
+        found = _plan_digest(plan_dir)
+        if found is None:
+            raise UserError(
+                f"--plan {plan_dir}: no {PLAN_FILE} there; make it with "
+                f"'geoprep plan RECIPE -o {plan_dir}'"
+            )
+        if found != recipe.plan_digest():
+            raise UserError(
+                f"--plan {plan_dir}: planned from other {', '.join(PLAN_SECTIONS)} than "
+                f"{recipe.name} (plan digest {found}, recipe {recipe.plan_digest()}); plan again "
+                "or build without --plan"
+            )
+        return read_locations(plan_dir)
+    for candidate in (join(out, "plan"), out):
+        if _plan_digest(candidate) == recipe.plan_digest():
+            log.info("using the plan in %s", candidate)
+            return read_locations(candidate)
+    plan(recipe, join(out, "plan"))
+    return read_locations(join(out, "plan"))
+
+
+def _plan_digest(plan_dir: str) -> str | None:
+    """The plan digest recorded in `plan_dir`'s plan.json; None when there is no plan."""
     try:
-        existing = json.loads(read_bytes(join(plan_dir, PLAN_FILE)))
+        return json.loads(read_bytes(join(plan_dir, PLAN_FILE))).get("plan_digest")
     except FileNotFoundError:
-        existing = {}
-    if existing.get("plan_digest") != recipe.plan_digest():
-        plan(recipe, plan_dir)
-    return read_locations(plan_dir)
+        return None
 
 
 def shard_tasks(
@@ -249,6 +271,7 @@ def build(
     dask_address: str | None = None,
     on_shard: Callable[[ShardStats], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    plan_dir: str | None = None,
 ) -> BuildSummary:
     """Build every shard that is not done yet; the same recipe always gives the same shards."""
     if recipe.imagery is None and recipe.audio is None and recipe.fmow_images is None:
@@ -257,7 +280,7 @@ def build(
         )
     started = time.perf_counter()
     check_output(recipe, out)
-    locations = ensure_plan(recipe, out)
+    locations = ensure_plan(recipe, out, plan_dir)
     tasks = shard_tasks(recipe, out, locations, io_threads)
     clean_partial(out)
     done = done_shards(out)

@@ -12,7 +12,12 @@ from geoprep.recipe.model import Recipe
 
 
 def run_build(
-    recipe: Recipe, out: str, workers: int = 1, io_threads: int = 8, dask: str | None = None
+    recipe: Recipe,
+    out: str,
+    workers: int = 1,
+    io_threads: int = 8,
+    dask: str | None = None,
+    plan_dir: str | None = None,
 ) -> BuildSummary:
     """Build with a live bar (shards, samples/s, failures) and a final summary table."""
     with progress_bar(f"build {recipe.name}") as bar:
@@ -34,7 +39,14 @@ def run_build(
             bar.advance()
 
         summary = build(
-            recipe, out, workers, io_threads, dask, on_shard=on_shard, on_start=on_start
+            recipe,
+            out,
+            workers,
+            io_threads,
+            dask,
+            on_shard=on_shard,
+            on_start=on_start,
+            plan_dir=plan_dir,
         )
     table = Table(title=f"{recipe.name}: build summary")
     table.add_column("what")

@@ -1,4 +1,4 @@
-"""Errors that are the user's to fix: the CLI prints them as one line and exits 2."""
+"""Errors the CLI reports as one line, and the exit codes it uses (README: "Exit codes")."""
 
 from __future__ import annotations
 
@@ -13,3 +13,8 @@ class SourceError(Exception):
     """A remote or local data source answered in a way we cannot use (after retries)."""
 
     exit_code = 1
+
+
+#: `geoprep inspect` read the dataset but found problems in it (not a source failure, not a
+#: mistake in the command).
+DATA_PROBLEMS_EXIT_CODE = 3

@@ -118,11 +118,11 @@ def test_a_directory_that_is_not_a_world_is_refused(tmp_path):
 def test_help_mentions_serve():
     result = _run("demo-world", "--help")
     assert result.returncode == 0
-    assert "demo-world serve OUT" in result.stdout
+    assert "geoprep serve-demo OUT" in result.stdout
 
 
 def test_serve_prints_urls_answers_and_stops_on_ctrl_c(built, serve_run):
-    server, lines = serve_run.start([*_geoprep(), "demo-world", "serve", str(built.out)])
+    server, lines = serve_run.start([*_geoprep(), "serve-demo", str(built.out)])
     urls = dict(
         re.match(r"(STAC API|SAS tokens|blob store)\s+(http://127\.0\.0\.1:\d+\S*)", line).groups()
         for line in lines

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from test_inspect import (
+from inspect_datasets import (
     ROWS,
     S1_BANDS,
     S2_BANDS,
@@ -27,6 +26,7 @@ from test_inspect import (
     utm_grid,
     write_dataset,
 )
+from PIL import Image
 
 from geoprep.inspect.dataset import inspect_dataset
 from geoprep.inspect.findings import PreviewImage
