@@ -6,6 +6,9 @@ The public API (what users and geossl import; every other module is internal):
     inspect_dataset                     check a built dataset and compute its band statistics
     open_dataset, shard_urls            a dataset's tars, streamed as `Sample`s
     decoder, Sample, GeoArray           decode WebDataset members, keeping georeferencing
+
+Inside, one folder per stage in data-flow order: core/, recipe/, planning/, building/, shards/
+(the on-disk contract), inspect/, report/, and demo/ (README: "Development").
 """
 
 from importlib import import_module
