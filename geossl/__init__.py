@@ -1,1 +1,8 @@
 """geossl: self-supervised pretraining (CSF, GASSL, CACo, SoundingEarth) from geoprep shards."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("geoprep")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0"

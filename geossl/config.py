@@ -1,0 +1,253 @@
+"""Training configs: typed YAML, `--set KEY.PATH=VALUE` overrides, one-line errors.
+
+A config names the method (its own section, told apart by `method.name`), the dataset, the
+backbone, the optimiser and the loop. Every method default is the paper's value; where the
+official code differs, its value is an option documented on the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geoprep import UserError
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; models are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelDropout(Strict):
+    """Per-sample, per-band dropout with 1/(1-p) scaling; p rises linearly to `rate`."""
+
+    rate: float = Field(0.66, ge=0.0, lt=1.0)
+    warmup_batches: int = Field(8000, ge=0)
+
+
+class CSFConfig(Strict):
+    """Contrastive Sensor Fusion (methods.md §1)."""
+
+    name: Literal["csf"] = "csf"
+    # Paper: the last two residual stages, the last weighted twice. Code: 1:1.
+    layer_weights: dict[Literal["layer3", "layer4"], float] = {"layer3": 1.0, "layer4": 2.0}
+    temperature: float = Field(0.1, gt=0.0)
+    dropout: ChannelDropout = ChannelDropout()
+    # Paper: "randomly crop away 32 pixels" of 160 px tiles. `crop_fraction` (0-1) instead sizes
+    # the crop relative to the patch (32/160 = 0.2) for smaller patches; 0 disables cropping.
+    crop_px: int | None = Field(32, ge=0)
+    crop_fraction: float | None = Field(None, ge=0.0, lt=1.0)
+    # Paper: brightness and contrast of each retained band jittered by at most 25 %.
+    # (Code: one scalar per batch tensor, a TF semantics artefact.)
+    jitter: float = Field(0.25, ge=0.0, lt=1.0)
+    # Paper: "random rotations" (all four quarter turns). Code: k in {0, 1, 2}.
+    rotations: list[Literal[0, 1, 2, 3]] = [0, 1, 2, 3]
+    flips: bool = True
+    # Negatives from the global batch, gathered across ranks with gradients (the original
+    # used only the replica's own batch: set false for that).
+    global_negatives: bool = True
+    # Inference scales every input by this (null: 1/(1-dropout.rate), as the paper says; the
+    # code's experiments use 3.0).
+    inference_scaling: float | None = Field(None, gt=0.0)
+    # Features for evaluation: the flattened last stage (CSF protocol) or its spatial mean.
+    eval_features: Literal["flat", "pool"] = "flat"
+
+    @model_validator(mode="after")
+    def _one_crop(self) -> CSFConfig:
+        if self.crop_fraction is not None and self.crop_px not in (None, 32):
+            raise ValueError("set crop_px or crop_fraction, not both")
+        if not self.layer_weights or not any(self.layer_weights.values()):
+            raise ValueError("layer_weights needs at least one non-zero weight")
+        return self
+
+    def crop_size(self, patch: int) -> int:
+        """Side of the random crop for a square patch of `patch` pixels."""
+        if self.crop_fraction is not None:
+            removed = round(patch * self.crop_fraction)
+        else:
+            removed = self.crop_px or 0
+        if removed >= patch:
+            raise UserError(f"method.crop_px={removed} removes the whole {patch} px patch")
+        return patch - removed
+
+
+# One entry per method; GASSL, CACo and SoundingEarth add theirs here.
+MethodConfig = Annotated[CSFConfig, Field(discriminator="name")]
+METHOD_CONFIGS: dict[str, type[BaseModel]] = {"csf": CSFConfig}
+
+
+class DataConfig(Strict):
+    """Where the shards are and what of each sample feeds the encoder."""
+
+    # A geoprep output directory, a wids index.json, a tar, a brace pattern or fsspec URLs.
+    source: str | list[str]
+    split: str = "train"
+    slot: str = "t0"
+    # Sensors of the common-grid stack to use (null: every sensor of the first sample).
+    sensors: list[str] | None = None
+    # Bands as "sensor.band" in the order the encoder sees them (null: the sample's order).
+    bands: list[str] | None = None
+    shuffle_buffer: int = Field(1000, ge=0)
+    num_workers: int = Field(2, ge=0)
+    # Train-split samples read to compute normalisation when stats.json has no per-split view.
+    stats_samples: int = Field(2000, ge=1)
+    # Largest tar member read (bytes): shards are untrusted input.
+    max_member_bytes: int = Field(512 * 2**20, ge=1)
+
+
+class ModelConfig(Strict):
+    arch: Literal["resnet18", "resnet50"] = "resnet50"
+
+
+class OptimConfig(Strict):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0)
+    warmup_steps: int = Field(3000, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    # Global gradient-norm clipping (the CSF code clips each tensor's norm: Keras clipnorm).
+    grad_clip: float | None = Field(1.0, gt=0.0)
+
+
+class TrainerConfig(Strict):
+    steps: int = Field(100_000, ge=1)
+    # Global batch (all ranks together); each rank takes batch_size / world size.
+    batch_size: int = Field(128, ge=2)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    # auto: bf16 mixed precision on GPUs, fp32 on CPU.
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+class TrainConfig(Strict):
+    """A whole training run."""
+
+    method: MethodConfig
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    seed: int = 0
+
+    def digest(self, ignore: tuple[str, ...] = ()) -> str:
+        """Short hash of the config; `ignore` lists dotted keys left out (e.g. trainer.steps)."""
+        doc = self.model_dump(mode="json")
+        for key in ignore:
+            *parents, last = key.split(".")
+            node = doc
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read, override and validate a training config; a problem raises one UserError line."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    for item in overrides:
+        apply_override(data, item)
+    return validate_config(data, str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {describe_error(exc.errors()[0], data)}") from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """`a.b.c=value` into nested dicts; the value is parsed as YAML (numbers, bools, lists)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected KEY.PATH=VALUE, for example trainer.steps=500")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is a value")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+    """One line: the key path (without union tags), the value and what was expected."""
+    loc = [str(p) for p in err["loc"]]
+    if len(loc) > 1 and loc[0] == "method" and loc[1] in METHOD_CONFIGS:
+        model: Any = METHOD_CONFIGS[loc[1]]
+        loc = [loc[0], *loc[2:]]
+    else:
+        model = None
+    path = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1], model)
+        allowed = ", ".join(owner.model_fields) if owner is not None else "(none)"
+        return f"{path}: unknown key; expected one of: {allowed}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        got = _lookup(data, [*loc, "name"])
+        return f"{path}.name: got {got!r}; expected one of: {', '.join(METHOD_CONFIGS)}"
+    message = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+    return f"{path}: got {err.get('input')!r}; {message}"
+
+
+def _model_at(loc: list[str], method_model: Any) -> type[BaseModel] | None:
+    node: Any = TrainConfig
+    for depth, part in enumerate(loc):
+        if depth == 0 and part == "method" and method_model is not None:
+            node = method_model
+            continue
+        model = _as_model(node)
+        field = model.model_fields.get(part) if model is not None else None
+        node = field.annotation if field is not None else None
+    return _as_model(node)
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is dict:
+        return None
+    for arg in get_args(annotation):
+        if (found := _as_model(arg)) is not None:
+            return found
+    return None
+
+
+def _lookup(data: Any, path: list[str]) -> Any:
+    for part in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
