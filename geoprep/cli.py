@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every number as JSON on stdout")
     p.add_argument("--workers", type=int, default=1, help="processes reading shards (default 1)")
     p.add_argument("--no-stats", action="store_true", help="do not write stats.json")
+    p.add_argument(
+        "--max-member-mb",
+        type=float,
+        default=256,
+        metavar="MB",
+        help="report members larger than this as too-large without reading them (default 256; "
+        "shards are untrusted, and a sample is held in memory while it is checked)",
+    )
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser(
@@ -252,6 +260,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
+    if not 0 < args.max_member_mb < float("inf"):
+        raise UserError("--max-member-mb must be a positive number")
     with progress_bar("inspect") as bar:
         result = inspect_dataset(
             args.sources,
@@ -259,6 +269,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             bar,
             workers=args.workers,
             write_stats=not args.no_stats,
+            max_member_bytes=int(args.max_member_mb * (1 << 20)),
         )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

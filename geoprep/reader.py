@@ -16,7 +16,7 @@ import datetime as dt
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from geoprep.shards.schema import (
     nodata_from_json,
     shared_grid,
 )
+from geoprep.shards.untrusted import MAX_MEMBER_BYTES, UnsafeShardError, tar_members
 
 _YEAR_SEASON = re.compile(r"^y(\d+)s(\d+)$")
 
@@ -69,35 +70,79 @@ class GeoArray:
 # ---------------------------------------------------------------- member decoding
 
 
-def decode_tif(data: bytes) -> GeoArray:
-    """GeoTIFF bytes → GeoArray, read from memory (no temporary file)."""
+def decode_tif(data: bytes, max_bytes: int = MAX_MEMBER_BYTES) -> GeoArray:
+    """GeoTIFF bytes → GeoArray, read from memory (no temporary file).
+
+    A header announcing more than `max_bytes` of pixels is refused before they are decoded."""
     with MemoryFile(data) as memory, memory.open() as src:
+        itemsize = max(np.dtype(dtype).itemsize for dtype in src.dtypes)
+        _within_cap("tif", src.count * src.height * src.width * itemsize, max_bytes)
         bands = tuple(d or f"band{i + 1}" for i, d in enumerate(src.descriptions))
         crs = src.crs.to_string() if src.crs else None
         return GeoArray(src.read(), crs, src.transform, src.nodata, bands)
 
 
-def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
+def decode_flac(data: bytes, max_bytes: int = MAX_MEMBER_BYTES) -> tuple[np.ndarray, int]:
     """FLAC bytes → (float32 waveform, sample rate); mono is 1-D, else (frames, channels)."""
-    waveform, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    return waveform, int(sample_rate)
+    with soundfile.SoundFile(io.BytesIO(data)) as sound:
+        _within_cap("flac", sound.frames * sound.channels * 4, max_bytes)
+        waveform = sound.read(dtype="float32", always_2d=False)
+        return waveform, int(sound.samplerate)
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    """`.npy` bytes → ndarray; object arrays (pickles) are refused."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise UnsafeShardError("npy member holds Python objects (a pickle): refused") from None
+        raise
+
+
+def decode_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise UnsafeShardError("json member is nested too deeply: refused") from None
+
+
+def _within_cap(kind: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise UnsafeShardError(
+            f"{kind} member decodes to {size} bytes, over the cap of {max_bytes}"
+        )
+
+
+#: What `decoder` decodes, by the member's last extension; every other member is refused.
+DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "tif": decode_tif,
+    "tiff": decode_tif,
+    "npy": decode_npy,
+    "json": decode_json,
+    "flac": decode_flac,
+    "txt": lambda data: data.decode("utf-8"),
+}
 
 
 def decoder(key: str, data: bytes) -> Any:
-    """WebDataset handler: `.tif` → GeoArray, `.npy` → ndarray, `.json` → dict, `.flac` → audio.
+    """WebDataset handler: `.tif` → GeoArray, `.npy` → ndarray, `.json` → dict, `.flac` → audio,
+    `.txt` → str; raises UnsafeShardError for every other member.
 
-    Returns None for other members so WebDataset's own handlers still apply to them.
+    Shards are untrusted: refusing (instead of returning None) keeps a member from reaching
+    WebDataset's own handlers, which unpickle `.pyd`/`.pickle` and torch-load `.pth`. To read
+    other members of shards you trust, put your own handler before this one:
+    `.decode(my_handler, decoder)`.
     """
     extension = key.rsplit(".", 1)[-1].lower()
-    if extension in ("tif", "tiff"):
-        return decode_tif(data)
-    if extension == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    if extension == "json":
-        return json.loads(data)
-    if extension == "flac":
-        return decode_flac(data)
-    return None
+    decode = DECODERS.get(extension)
+    if decode is None:
+        raise UnsafeShardError(
+            f"member {key!r}: geoprep's decoder refuses .{extension} members (shards are "
+            f"untrusted; it decodes only {', '.join(sorted(DECODERS))})"
+        )
+    _within_cap(extension, len(data), MAX_MEMBER_BYTES)
+    return decode(data)
 
 
 # ---------------------------------------------------------------- samples
@@ -158,8 +203,9 @@ class Sample:
         where = f"shard {url}, sample {key}"
         if JSON_MEMBER not in raw:
             raise SampleError(f"{where}: no {key}.{JSON_MEMBER} member")
-        document = raw[JSON_MEMBER]
-        meta = document if isinstance(document, dict) else json.loads(document)
+        meta = _decoded(where, JSON_MEMBER, raw[JSON_MEMBER])
+        if not isinstance(meta, dict):
+            raise SampleError(f"{where}: {key}.{JSON_MEMBER} is not an object")
         images, infos = {}, {}
         for entry in meta.get("images", []):
             try:
@@ -169,15 +215,17 @@ class Sample:
             member = info.member.lower()  # WebDataset lower-cases member suffixes
             if member not in raw:
                 raise SampleError(f"{where}: member {info.member!r} listed in the JSON is missing")
-            value = raw[member]
-            if isinstance(value, bytes):
-                value = decoder(member, value)
+            value = _decoded(where, member, raw[member])
             image = value if isinstance(value, GeoArray) else _npy_image(meta, info, value)
             if list(image.shape) != list(entry.get("shape", image.shape)):
                 raise SampleError(f"{where}: {info.member} is {image.shape}, not {entry['shape']}")
             images[info.suffix], infos[info.suffix] = image, info
         listed = {info.member.lower() for info in infos.values()} | {JSON_MEMBER}
-        extras = _extras(raw, listed)
+        extras = {
+            suffix: _decoded(where, suffix, value)
+            for suffix, value in raw.items()
+            if not suffix.startswith("__") and suffix not in listed
+        }
         return cls(key, url, meta, images, infos, extras)
 
     # -- accessors, one per pretraining method ------------------------------------------
@@ -283,14 +331,14 @@ def _npy_image(meta: dict[str, Any], info: ImageInfo, array: np.ndarray) -> GeoA
     return GeoArray(array, grid["crs"], transform, nodata, info.bands)
 
 
-def _extras(raw: dict[str, Any], listed: set[str]) -> dict[str, Any]:
-    extras = {}
-    for suffix, value in raw.items():
-        if suffix.startswith("__") or suffix in listed:
-            continue
-        decoded = decoder(suffix, value) if isinstance(value, bytes) else None
-        extras[suffix] = value if decoded is None else decoded
-    return extras
+def _decoded(where: str, suffix: str, value: Any) -> Any:
+    """A member decoded with `decoder` (unless a pipeline decoded it already), errors located."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return decoder(suffix, value)
+    except UnsafeShardError as error:
+        raise UnsafeShardError(f"{where}: {error}") from None
 
 
 def to_sample(raw: dict[str, Any]) -> Sample:
@@ -304,18 +352,49 @@ def to_sample(raw: dict[str, Any]) -> Sample:
 def open_dataset(
     source: str | Sequence[str],
     *,
-    shardshuffle: bool | int = False,
+    shardshuffle: int = 0,
     shuffle: int = 0,
-    **kwargs: Any,
+    resampled: bool = False,
+    nodesplitter: Callable | None = None,
+    seed: int = 0,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Any:
-    """A WebDataset pipeline yielding `Sample`s.
+    """A WebDataset pipeline yielding `Sample`s, safe for untrusted shards.
 
-    `source`: an output directory, a wids index.json, a tar, a brace pattern or a list of URLs.
-    `kwargs` go to `webdataset.WebDataset` (e.g. `nodesplitter=wds.split_by_node`,
-    `resampled=True`); `shuffle` is the size of a sample shuffle buffer (0: plan order).
+    `source`: an output directory, a wids index.json, a tar, a brace pattern or a list of URLs
+    (file paths or fsspec URLs; `pipe:` commands are refused). `shardshuffle`: a shard shuffle
+    buffer (0: plan order); `resampled`: draw shards with replacement, endlessly; `nodesplitter`:
+    e.g. `wds.split_by_node` for DDP (default: every shard on every node); `shuffle`: a sample
+    shuffle buffer (0: plan order). Members are read by geoprep (`tar_members`): links, paths
+    outside the sample, members over `max_member_bytes` and damaged tars raise UnsafeShardError
+    before anything is decoded, and only geoprep's member types are decoded (`decoder`).
     """
-    import webdataset  # imports torch (seconds): deferred so the decoder alone stays light
+    import webdataset as wds  # imports torch (seconds): deferred so the decoder alone stays light
 
-    dataset = webdataset.WebDataset(shard_urls(source), shardshuffle=shardshuffle, **kwargs)
-    dataset = dataset.decode(decoder).map(to_sample)
-    return dataset.shuffle(shuffle) if shuffle else dataset
+    urls = shard_urls(source)
+    stages: list[Any] = [
+        wds.ResampledShards(urls, seed=seed) if resampled else wds.SimpleShardList(urls)
+    ]
+    if shardshuffle and not resampled:
+        stages.append(wds.shuffle(shardshuffle, seed=seed))
+    if nodesplitter is not None:
+        stages.append(nodesplitter)
+    stages += [
+        wds.split_by_worker,
+        _safe_samples(max_member_bytes),
+        wds.map(to_sample),  # decodes with `decoder` alone: no .gz expansion, no pickle handlers
+    ]
+    if shuffle:
+        stages.append(wds.shuffle(shuffle, seed=seed))
+    return wds.DataPipeline(*stages)
+
+
+def _safe_samples(max_member_bytes: int) -> Callable[[Any], Any]:
+    """Pipeline stage: shard dicts {"url"} → raw samples, members read by `tar_members`."""
+    from webdataset.tariterators import group_by_keys
+
+    def samples(shards: Any) -> Any:
+        for shard in shards:
+            yield from group_by_keys(tar_members(shard["url"], max_member_bytes))
+
+    return samples

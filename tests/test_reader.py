@@ -132,7 +132,7 @@ def test_decoder_per_member_type() -> None:
     waveform, rate = reader.decoder(".audio.flac", flac_bytes(WAVE, 16000))
     assert rate == 16000 and waveform.dtype == np.float32
     np.testing.assert_allclose(waveform, WAVE, atol=1e-6)
-    assert reader.decoder(".txt", b"left to webdataset") is None
+    assert reader.decoder(".txt", b"plain text") == "plain text"
 
 
 def test_stock_webdataset_with_the_decoder(tmp_path: Path) -> None:

@@ -108,8 +108,9 @@ class SampleChecker:
             return None
         try:
             meta = json.loads(members[JSON_MEMBER])
-        except ValueError as error:
-            problems.append(("bad-json", f"{key}.json does not parse: {error}"))
+        except (ValueError, RecursionError) as error:
+            why = "is nested too deeply" if isinstance(error, RecursionError) else "does not parse"
+            problems.append(("bad-json", f"{key}.json {why}: {one_line(error)}"))
             return None
         if not isinstance(meta, dict):
             problems.append(("bad-json", f"{key}.json is not an object"))

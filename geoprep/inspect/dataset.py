@@ -40,6 +40,7 @@ def inspect_dataset(
     workers: int = 1,
     previews: int = 8,
     write_stats: bool = True,
+    max_member_bytes: int | None = None,
 ) -> InspectResult:
     """Validate, count and measure a built dataset; write stats.json and (optionally) a report.
 
@@ -47,7 +48,9 @@ def inspect_dataset(
     index.json, or a dataset directory (its index.json, else shards/*.tar, plus the build's
     records). `progress` (optional) gets `set_total(n)` and `advance()` per sample (per shard
     with `workers` > 1 processes, each reading whole shards). `previews`: samples kept for the
-    report's thumbnails. Raises UserError only for sources that do not exist; damaged data becomes
+    report's thumbnails. `max_member_bytes`: members larger than this are reported as
+    `too-large` from their header, never read (default `geoprep.inspect.scan.MAX_MEMBER_BYTES`).
+    Raises UserError only for sources that do not exist; damaged data becomes
     `result.problems`.
     """
     started = time.perf_counter()
@@ -57,7 +60,7 @@ def inspect_dataset(
         progress.set_total(sum(expected) if None not in expected else None)
     quotas = _preview_quotas(len(found.tars), previews)
 
-    scans = _scan_all(found.tars, quotas, progress, workers)
+    scans = _scan_all(found.tars, quotas, progress, workers, max_member_bytes)
     result = _merge(found, scans, previews)
     result.seconds = time.perf_counter() - started
     log.info("inspected %d samples in %.1f s", result.samples, result.seconds)
@@ -86,18 +89,21 @@ def _preview_quotas(shards: int, previews: int) -> list[int]:
     return quotas
 
 
-def _scan_all(tars: list[str], quotas: list[int], progress: Any, workers: int) -> list[ShardScan]:
+def _scan_all(
+    tars: list[str], quotas: list[int], progress: Any, workers: int, cap: int | None
+) -> list[ShardScan]:
     """Shards in order: in this process (progress per sample), or in `workers` processes
     (progress per shard). Processes, not threads: decoding and checks hold the GIL often
     enough that threads are slower than one process."""
     if workers <= 1 or len(tars) <= 1:
-        return [scan_shard(url, n, progress) for url, n in zip(tars, quotas, strict=True)]
+        return [scan_shard(url, n, progress, cap) for url, n in zip(tars, quotas, strict=True)]
     # forkserver: no fork of a process whose threads (progress bars) hold locks
     context = multiprocessing.get_context("forkserver")
     scans: dict[str, ShardScan] = {}
     with ProcessPoolExecutor(min(workers, len(tars)), mp_context=context) as pool:
         futures = {
-            pool.submit(scan_shard, url, n): url for url, n in zip(tars, quotas, strict=True)
+            pool.submit(scan_shard, url, n, None, cap): url
+            for url, n in zip(tars, quotas, strict=True)
         }
         for future in as_completed(futures):
             scan = scans[futures[future]] = future.result()
@@ -142,6 +148,9 @@ def _merge(found: Sources, scans: list[ShardScan], previews: int) -> InspectResu
         problems += _against_record(scan, record)
     problems += _inconsistencies(variants)
     samples = sum(s.samples for s in scans)
+    if not samples:
+        where = found.root or (found.tars[0] if found.tars else "(no shards)")
+        problems.append(Problem(where, None, "empty", "the dataset holds no samples"))
     build = _build_summary(found)
     result = InspectResult(
         sources=list(found.tars),

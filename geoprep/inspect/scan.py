@@ -15,54 +15,28 @@ import rasterio
 
 from geoprep.inspect.check import SampleChecker
 from geoprep.inspect.findings import Problem, ShardScan, one_line
+from geoprep.shards.untrusted import TailReader, end_problem, unsafe_member
 
 log = logging.getLogger(__name__)
 
-MAX_MEMBER_BYTES = 1 << 30
+#: inspect's default cap on one member, lower than the reader's: inspect holds a whole sample in
+#: memory and may run on a laptop next to other work (`geoprep inspect --max-member-mb`).
+MAX_MEMBER_BYTES = 256 << 20
 # A member name as WebDataset splits it: key up to the first dot of the basename, then suffix.
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
-_TAR_BLOCK, _TAR_RECORD = 512, 10240
 
 
-class _HashingReader:
+class _HashingReader(TailReader):
     """Read-only file wrapper: hashes and counts bytes, keeps the latest for the end check."""
 
     def __init__(self, handle: Any) -> None:
-        self.handle, self.hash, self.size = handle, hashlib.sha256(), 0
-        self.tail_start, self.tail = 0, b""
+        super().__init__(handle)
+        self.hash = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
+        data = super().read(size)
         self.hash.update(data)
-        if len(self.tail) > 2 * _TAR_RECORD:  # keep at least one whole read before the latest
-            self.tail_start += len(self.tail) - _TAR_RECORD
-            self.tail = self.tail[-_TAR_RECORD:]
-        self.tail += data
-        self.size += len(data)
         return data
-
-    def nonzero_after(self, offset: int) -> int | None:
-        """Read to the end; the first byte position >= offset that is not zero, if any."""
-        if offset < self.tail_start:
-            return offset
-        start = offset - self.tail_start
-        found = _first_nonzero(self.tail[start:])
-        if found is not None:
-            return offset + found
-        while chunk := self.read(1 << 20):
-            found = _first_nonzero(chunk)
-            if found is not None:
-                return self.size - len(chunk) + found
-        return None
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
-def _first_nonzero(data: bytes) -> int | None:
-    stripped = data.lstrip(b"\0")
-    return len(data) - len(stripped) if stripped else None
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -71,25 +45,14 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def unsafe_member(info: tarfile.TarInfo) -> str | None:
-    """Why a member must not be read as part of a sample (path outside it, not a file), if so."""
-    name = info.name
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return f"member {name!r} has an absolute path"
-    if ".." in parts:
-        return f"member {name!r} has a path outside the sample ('..')"
-    if not info.isfile():
-        kind = "symlink" if info.issym() else "hard link" if info.islnk() else "not a regular file"
-        return f"member {name!r} is a {kind}"
-    return None
-
-
 class _ShardScanner:
     """Streams one tar and checks its samples; see `scan_shard`."""
 
-    def __init__(self, url: str, checker: SampleChecker, previews: int, progress: Any) -> None:
+    def __init__(
+        self, url: str, checker: SampleChecker, previews: int, progress: Any, max_member_bytes: int
+    ) -> None:
         self.scan = ShardScan(url)
+        self.max_member_bytes = max_member_bytes
         self.checker, self.previews_left, self.progress = checker, previews, progress
         self.seen: set[str] = set()
 
@@ -129,34 +92,22 @@ class _ShardScanner:
                         key, members = name_key, {}
                     if suffix in members:
                         self.problem(key, "duplicate-member", f"{info.name} appears twice")
-                    if info.size > MAX_MEMBER_BYTES:  # never hold a crafted giant in memory
-                        self.problem(key, "too-large", f"{info.name}: {info.size} bytes")
+                    if info.size > self.max_member_bytes:  # refused from its header, unread
+                        self.problem(
+                            key,
+                            "too-large",
+                            f"{info.name}: {info.size} bytes, over the cap of "
+                            f"{self.max_member_bytes} (--max-member-mb)",
+                        )
                         continue
                     members[suffix] = tar.extractfile(info).read()
                 self._finish(key, members)
                 key = None
-                plain = getattr(tar.fileobj, "comptype", "tar") == "tar"
-                self._check_end(reader, tar.offset, plain)
+                if (problem := end_problem(reader, tar)) is not None:
+                    self.problem(None, "damaged-tar", problem)
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
             where = f"while reading sample {key}" if key else "at a member header"
             self.problem(key, "damaged-tar", f"the tar is damaged or truncated {where}: {error}")
-
-    def _check_end(self, reader: _HashingReader, offset: int, plain: bool) -> None:
-        """tarfile stops silently at a damaged or missing header: look past where it stopped."""
-        if not plain:
-            return
-        bad = reader.nonzero_after(offset)
-        if bad is not None:
-            self.problem(
-                None,
-                "damaged-tar",
-                f"unreadable member header at byte {offset}; data up to byte {reader.size} "
-                "after it was not read",
-            )
-        elif reader.size < offset + 2 * _TAR_BLOCK:
-            self.problem(
-                None, "damaged-tar", f"the tar ends at byte {reader.size} without its end marker"
-            )
 
     def _finish(self, key: str | None, members: dict[str, bytes]) -> None:
         if key is None:
@@ -181,6 +132,11 @@ class _ShardScanner:
             self.progress.advance(1)
 
 
-def scan_shard(url: str, previews: int = 0, progress: Any = None) -> ShardScan:
-    """Stream one tar: validate, count and measure its samples; keep up to `previews` of them."""
-    return _ShardScanner(url, SampleChecker(), previews, progress).run()
+def scan_shard(
+    url: str, previews: int = 0, progress: Any = None, max_member_bytes: int | None = None
+) -> ShardScan:
+    """Stream one tar: validate, count and measure its samples; keep up to `previews` of them.
+
+    Members over `max_member_bytes` (default MAX_MEMBER_BYTES) are reported and never read."""
+    cap = MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
+    return _ShardScanner(url, SampleChecker(), previews, progress, cap).run()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import yaml
 
 from geoprep.core.errors import UserError
 from geoprep.core.storage import is_local, join
@@ -130,8 +131,34 @@ def _read_build_records(found: Sources) -> None:
         _check_complete(found, parts)
 
 
+def _planned_shards(root: str) -> int | None:
+    """Shards a build of the plan in `root` makes (plan.json's locations over the recipe's
+    samples per shard); None when the directory holds no plan of its own."""
+    try:
+        locations = int(_read_json(join(root, "plan.json"))["n_locations"])
+        with fsspec.open(join(root, "recipe.yaml"), "rb") as handle:
+            per_shard = int(yaml.safe_load(handle)["output"]["samples_per_shard"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return -(-locations // per_shard) if per_shard > 0 else None
+
+
 def _check_complete(found: Sources, parts: dict[str, dict[str, Any]]) -> None:
-    """A dataset directory: every shard built, every built tar listed, no uncommitted tar."""
+    """A dataset directory: a manifest (the build finished), every shard built, every built tar
+    listed, no uncommitted tar."""
+    if found.manifest is None:
+        committed = len(found.stats_files)
+        planned = _planned_shards(found.root)
+        of = f" of {planned} planned" if planned is not None else ""
+        found.problems.append(
+            Problem(
+                join(found.root, "manifest.json"),
+                None,
+                "incomplete-build",
+                f"no manifest.json: the build did not finish ({committed}{of} shards committed); "
+                "rerun the same geoprep build command to finish it",
+            )
+        )
     for tar in found.tars:
         if tar not in parts and TAR_NAME.match(tar.rsplit("/", 1)[-1]):
             found.problems.append(

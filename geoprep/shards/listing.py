@@ -17,14 +17,23 @@ import fsspec
 from geoprep.core.errors import UserError
 from geoprep.core.storage import is_local, join, local_path, read_bytes
 from geoprep.shards.layout import INDEX_FILE, SHARDS_DIR, done_shards, read_stats
+from geoprep.shards.untrusted import check_shard_url
 
 log = logging.getLogger(__name__)
 
 
 def shard_urls(source: str | Sequence[str]) -> list[str]:
-    """Tar URLs of a geoprep output directory (its index.json), a wids index, a pattern or list."""
+    """Tar URLs of a geoprep output directory (its index.json), a wids index, a pattern or list.
+
+    Every URL is a file path or an fsspec URL of a known scheme (`check_shard_url`): a `pipe:`
+    command is refused wherever it comes from."""
+    return [check_shard_url(url) for url in _shard_urls(source)]
+
+
+def _shard_urls(source: str | Sequence[str]) -> list[str]:
     if not isinstance(source, str):
         return list(source)
+    check_shard_url(source)
     if source.endswith(".json"):
         return index_tars(source)
     if "{" in source or source.endswith((".tar", ".tgz", ".tar.gz")):
@@ -77,4 +86,6 @@ def index_tars(url: str) -> list[str]:
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{url}: not a shard index with a 'shardlist' of urls ({error})") from None
     base = url.rsplit("/", 1)[0] if "/" in url else "."
+    for tar in urls:
+        check_shard_url(tar, origin=url)
     return [u if "://" in u or u.startswith("/") else join(base, u) for u in urls]

@@ -624,3 +624,24 @@ def test_previews_are_spread_over_the_shards(shards: int, previews: int, expecte
 
     assert _preview_quotas(shards, previews) == expected
     assert sum(_preview_quotas(1000, 8)) == 8
+
+
+def test_an_interrupted_build_is_a_problem_with_exit_3(dataset: Path) -> None:
+    """4 of 12 planned shards committed, no manifest: not "clean"."""
+    from geoprep.cli import main
+
+    (dataset / "index.json").unlink()
+    (dataset / "manifest.json").unlink()
+    (dataset / "plan.json").write_text(json.dumps({"n_locations": 36}))
+    (dataset / "recipe.yaml").write_text("output:\n  samples_per_shard: 3\n")
+    result = inspect_dataset([str(dataset)], None, previews=0, write_stats=False)
+    (problem,) = [p for p in result.problems if p.code == "incomplete-build"]
+    assert "4 of 12 planned shards committed" in problem.reason
+    assert main(["inspect", str(dataset), "--no-stats"]) == 3
+
+
+def test_an_empty_build_is_a_problem(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_dataset(out, [])
+    result = inspect_dataset([str(out)], None, previews=0, write_stats=False)
+    assert [p.code for p in result.problems] == ["empty"] and not result.clean
