@@ -8,6 +8,7 @@ serve-demo (serve it on loopback) and demo (every stage on the demo world). Exit
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -16,7 +17,12 @@ import time
 from rich.table import Table
 
 from geoprep import __version__
-from geoprep.core.errors import DATA_PROBLEMS_EXIT_CODE, SourceError, UserError
+from geoprep.core.errors import (
+    DATA_PROBLEMS_EXIT_CODE,
+    DiskFullError,
+    SourceError,
+    UserError,
+)
 from geoprep.core.progress import console, progress_bar
 
 log = logging.getLogger("geoprep")
@@ -352,6 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         print(f"geoprep: source error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except DiskFullError as exc:
+        print(f"geoprep: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"geoprep: error: no space left{where}; free space and rerun", file=sys.stderr)
+        return DiskFullError.exit_code
     except KeyboardInterrupt:
         print("geoprep: interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,12 @@ class SourceError(Exception):
     exit_code = 1
 
 
+class DiskFullError(Exception):
+    """The output's file system is full: one line naming the device and the file, exit 1."""
+
+    exit_code = 1
+
+
 #: `geoprep inspect` read the dataset but found problems in it (not a source failure, not a
 #: mistake in the command).
 DATA_PROBLEMS_EXIT_CODE = 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -11,18 +12,84 @@ from pydantic import BaseModel, ValidationError
 from geoprep.core.errors import UserError
 from geoprep.recipe.model import Recipe
 
+#: Recipes are small: a larger file is a mistake (a data file named as the recipe).
+MAX_RECIPE_BYTES = 1 << 20
+#: Deeper nesting than any recipe section needs is refused before YAML builds it.
+MAX_DEPTH = 64
+#: Values are echoed in errors up to this many characters.
+_MAX_SHOWN = 60
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override and validate a recipe; every problem raises one `UserError` line per fault."""
-    path = Path(path)
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing duplicate keys (YAML says keys are unique; PyYAML keeps the
+    last one silently) and nesting deeper than MAX_DEPTH."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(
+                    f"nesting deeper than {MAX_DEPTH} levels at line {mark.line + 1}"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"unhashable key {_shown(key)}", key_node.start_mark
+                ) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text → Python values, with unique keys and bounded nesting (yaml.YAMLError else)."""
     try:
-        text = path.read_text()
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels") from None
+
+
+def read_text(path: Path) -> str:
+    """A recipe file's text: UTF-8 (a BOM is allowed), not too large; UserError else."""
+    try:
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, not a recipe file")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: recipe file not found") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read recipe ({exc.strerror})") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise UserError(f"{path}: larger than {MAX_RECIPE_BYTES >> 20} MB; is it a recipe?")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}: UTF-16 text; save the recipe as UTF-8")
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}, line {line})") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem raises one `UserError` line per fault."""
+    path = Path(path)
+    text = read_text(path)
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -37,10 +104,53 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def validate_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         lines = [f"{source}: {describe_error(err, data)}" for err in exc.errors()]
         raise UserError("\n".join(lines)) from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply") from None
+    booleans = list(_booleans_as_numbers(recipe, data, []))
+    if booleans:
+        raise UserError(
+            "\n".join(
+                f"{source}: {path}: got {value}; expected a number" for path, value in booleans
+            )
+        )
+    return recipe
+
+
+def _booleans_as_numbers(model: BaseModel, data: Any, path: list[str]) -> Iterator[tuple[str, Any]]:
+    """Where the recipe wrote true/false and the model took it as a number (pydantic's lax mode
+    reads `seed: true` as 1): the dotted path and the value written."""
+    if not isinstance(data, dict):
+        return
+    for name in type(model).model_fields:
+        if name not in data:
+            continue
+        value, raw = getattr(model, name), data[name]
+        where = [*path, name]
+        yield from _compare(value, raw, where)
+
+
+def _compare(value: Any, raw: Any, where: list[str]) -> Iterator[tuple[str, Any]]:
+    if isinstance(raw, bool) and isinstance(value, int | float) and not isinstance(value, bool):
+        yield ".".join(where), raw
+    elif isinstance(value, BaseModel):
+        yield from _booleans_as_numbers(value, raw, where)
+    elif isinstance(value, dict) and isinstance(raw, dict):
+        for key, item in value.items():
+            if key in raw:
+                yield from _compare(item, raw[key], [*where, str(key)])
+    elif isinstance(value, list | tuple) and isinstance(raw, list | tuple):
+        for index, (item, raw_item) in enumerate(zip(value, raw, strict=False)):
+            yield from _compare(item, raw_item, [*where, str(index)])
+
+
+def _shown(value: Any) -> str:
+    """A value for an error line: short, whatever its size."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -50,7 +160,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise UserError(f"--set {item!r}: expected KEY.PATH=VALUE, for example sampler.n=500")
     parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     node = data
@@ -83,7 +193,10 @@ def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
         expected = ctx.get("expected_tags", "").replace("'", "")
         return f"{path}.{tag}: got {got!r}; expected one of: {expected}"
     message = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-    return f"{path}: got {err.get('input')!r}; {message}"
+    given = err.get("input")
+    if isinstance(given, dict | list) and kind == "value_error":
+        return f"{path}: {message}"  # a check across keys: the section is not echoed
+    return f"{path}: got {_shown(given)}; {message}"
 
 
 def _walk(loc: list[Any]) -> tuple[list[Any], Any]:

@@ -6,10 +6,11 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from geoprep.planning.samplers import AnySampler
 from geoprep.recipe.sections import (
+    RECIPE_MODEL_CONFIG,
     AudioSpec,
     ClusterConfig,
     FmowImagesSpec,
@@ -25,11 +26,11 @@ PLAN_SECTIONS = ("seed", "sampler", "clusters", "splits")
 class Recipe(BaseModel):
     """What to build and how; every random choice flows from `seed`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RECIPE_MODEL_CONFIG
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="dataset name")
     description: str = ""
-    seed: int = Field(0, ge=0, description="seed of every random choice")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of every random choice")
     sampler: Annotated[AnySampler, Field(discriminator="kind")]
     clusters: ClusterConfig = ClusterConfig()
     splits: SplitConfig = SplitConfig()

@@ -12,17 +12,27 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:59] + "…")
+
+
 Resampling = Literal["nearest", "bilinear", "cubic", "average", "lanczos", "mode"]
 
 
+#: Every recipe model: unknown keys are errors, and no float may be inf or nan (a distance of
+#: .inf would make the samplers loop or overflow).
+RECIPE_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RECIPE_MODEL_CONFIG
 
 
 class ClusterConfig(BaseModel):
     """GASSL's geo-labels: K clusters of the locations' positions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RECIPE_MODEL_CONFIG
 
     k: int = Field(100, gt=0, description="number of clusters (fewer if there are fewer locations)")
     n_init: int = Field(4, gt=0, description="k-means restarts; the best inertia wins")
@@ -31,7 +41,7 @@ class ClusterConfig(BaseModel):
 class SplitConfig(BaseModel):
     """Fractions of locations per split; whole clusters go to one split, so no spatial leakage."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RECIPE_MODEL_CONFIG
 
     train: float = Field(0.8, ge=0, le=1)
     val: float = Field(0.1, ge=0, le=1)
@@ -60,6 +70,15 @@ class CatalogSpec(_Spec):
         "none", description="'planetary-computer' signs asset hrefs with SAS tokens"
     )
     page_size: int = Field(100, gt=0, le=1000, description="items per STAC API page")
+
+    @model_validator(mode="after")
+    def _url_form(self) -> CatalogSpec:
+        url = self.url.strip()
+        if self.kind == "stac-api" and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+            raise ValueError(f"url {_short(url)}: a STAC API is an http(s):// URL")
+        if not url or any(c.isspace() and c != " " for c in url) or "\0" in url:
+            raise ValueError(f"url {_short(url)}: expected a path or URL")
+        return self
 
 
 class SensorSpec(_Spec):
@@ -106,6 +125,12 @@ class SingleTime(_Spec):
     start: dt.date
     end: dt.date
     window_days: int = Field(60, gt=0, description="max spread between the sensors' dates")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SingleTime:
+        if self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        return self
 
 
 class SeasonalTime(_Spec):

@@ -24,7 +24,13 @@ from typing import Any
 import fsspec
 
 from geoprep.core.signing import redact
-from geoprep.core.storage import is_local, join, local_path, write_bytes_atomic
+from geoprep.core.storage import (
+    is_local,
+    join,
+    local_path,
+    reporting_full_disk,
+    write_bytes_atomic,
+)
 from geoprep.recipe.sections import OutputSpec
 from geoprep.shards.layout import (
     ShardStats,
@@ -111,7 +117,8 @@ class _Part:
             # close tarfile's stream now rather than at garbage collection, onto a closed file
             with contextlib.suppress(Exception):
                 self.tar.close()
-            self.handle.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush: remove it anyway
+                self.handle.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
 
@@ -174,18 +181,22 @@ class ShardWriter:
         size = sum(_member_size(f"{sample.key}.{s}", len(d)) for s, d in members.items())
         if self.max_bytes and _tar_file_size(size) > self.max_bytes:
             log.warning("sample %s alone passes the shard size cap: own part", sample.key)
-        try:
-            if not self._parts or self._over_cap(self._parts[-1], size):
-                if self._parts:  # flush it whole first: the shard hash covers parts in order
-                    self._parts[-1].finish()
-                self._parts.append(_Part(self.index, self._tmp_dir, self._shard_hash))
-            part = self._parts[-1]
-            part.write(sample.key, members)
-            part.nsamples += 1
-        except BaseException:
-            self.abort()
-            raise
+        with reporting_full_disk(self._tar_url()):
+            try:
+                if not self._parts or self._over_cap(self._parts[-1], size):
+                    if self._parts:  # flush it whole first: the shard hash covers parts in order
+                        self._parts[-1].finish()
+                    self._parts.append(_Part(self.index, self._tmp_dir, self._shard_hash))
+                part = self._parts[-1]
+                part.write(sample.key, members)
+                part.nsamples += 1
+            except BaseException:
+                self.abort()
+                raise
         return size
+
+    def _tar_url(self) -> str:
+        return join(self.shards_url, shard_tar_name(self.index))
 
     def _over_cap(self, part: _Part, size: int) -> bool:
         """Start a new part when a non-empty one would pass the cap (a fixed rule: reproducible)."""
@@ -202,34 +213,39 @@ class ShardWriter:
         """Publish the tar part(s), then the stats file (the commit marker). Returns the stats."""
         if self._state != "open":
             raise RuntimeError(f"shard {self.index:05d} is already {self._state}")
-        try:
-            if not self._parts:  # every location failed: still publish an (empty) tar
-                self._parts.append(_Part(self.index, self._tmp_dir, self._shard_hash))
-            for part in self._parts:
-                part.finish()
-            names = [
-                shard_tar_name(self.index, i if len(self._parts) > 1 else None)
-                for i in range(len(self._parts))
-            ]
-            fs, shards_path = fsspec.core.url_to_fs(self.shards_url)
-            stats_path = f"{shards_path}/{self.index:05d}_stats.json"
-            earlier: set[str] = set()
-            if fs.exists(stats_path):  # rewriting a done shard: it must look undone meanwhile
-                earlier = {part.name for part in read_stats(self.out_url, self.index).tars}
-                fs.rm(stats_path)
-            for part, name in zip(self._parts, names, strict=True):
-                if self._local:
-                    os.replace(part.tmp, local_path(join(self.shards_url, name)))
-                else:
-                    fs.put_file(part.tmp, f"{shards_path}/{name}")
-                    os.unlink(part.tmp)
-            for stale in earlier - set(names):  # e.g. parts of a split the new cap no longer needs
-                fs.rm(f"{shards_path}/{stale}")
-            stats = self._stats(names, duration_s)
-            write_bytes_atomic(stats_url(self.out_url, self.index), pretty_json(stats.to_json()))
-        except BaseException:
-            self.abort()
-            raise
+        with reporting_full_disk(self._tar_url()):
+            try:
+                if not self._parts:  # every location failed: still publish an (empty) tar
+                    self._parts.append(_Part(self.index, self._tmp_dir, self._shard_hash))
+                for part in self._parts:
+                    part.finish()
+                names = [
+                    shard_tar_name(self.index, i if len(self._parts) > 1 else None)
+                    for i in range(len(self._parts))
+                ]
+                fs, shards_path = fsspec.core.url_to_fs(self.shards_url)
+                stats_path = f"{shards_path}/{self.index:05d}_stats.json"
+                earlier: set[str] = set()
+                if fs.exists(stats_path):  # rewriting a done shard: it must look undone meanwhile
+                    earlier = {part.name for part in read_stats(self.out_url, self.index).tars}
+                    fs.rm(stats_path)
+                for part, name in zip(self._parts, names, strict=True):
+                    if self._local:
+                        os.replace(part.tmp, local_path(join(self.shards_url, name)))
+                    else:
+                        fs.put_file(part.tmp, f"{shards_path}/{name}")
+                        os.unlink(part.tmp)
+                for stale in earlier - set(
+                    names
+                ):  # e.g. parts of a split the new cap no longer needs
+                    fs.rm(f"{shards_path}/{stale}")
+                stats = self._stats(names, duration_s)
+                write_bytes_atomic(
+                    stats_url(self.out_url, self.index), pretty_json(stats.to_json())
+                )
+            except BaseException:
+                self.abort()
+                raise
         self._state = "closed"
         return stats
 

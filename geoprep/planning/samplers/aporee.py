@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 from urllib3.util.retry import Retry
 
 from geoprep.core.errors import SourceError
-from geoprep.planning.samplers.base import Progress, SamplerConfig, SampleResult
+from geoprep.planning.samplers.base import MAX_LOCATIONS, Progress, SamplerConfig, SampleResult
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,9 @@ class AporeeSampler(SamplerConfig):
     """
 
     kind: Literal["aporee"]
-    n: int = Field(100_000, gt=0, description="cap on the number of recordings kept")
+    n: int = Field(
+        100_000, gt=0, le=MAX_LOCATIONS, description="cap on the number of recordings kept"
+    )
     collection: str = Field("radio-aporee-maps", min_length=1, description="IA collection")
     order: Literal["random", "identifier"] = Field(
         "random",

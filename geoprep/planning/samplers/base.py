@@ -10,6 +10,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+#: The most locations a plan may hold: a plan is one table in memory (about 1 kB a location
+#: with its k-means and split bookkeeping), and a build of more would run for years.
+MAX_LOCATIONS = 10_000_000
+
 #: Columns every sampler returns; samplers add their own columns after these.
 BASE_COLUMNS = ("id", "lat", "lon", "source", "label")
 
@@ -55,7 +59,7 @@ class SamplerConfig(BaseModel):
     :meth:`sample`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def sample(self, rng: np.random.Generator, progress: Progress) -> SampleResult:
         raise NotImplementedError

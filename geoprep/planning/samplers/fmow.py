@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from shapely.errors import ShapelyError
 
 from geoprep.core.errors import UserError
-from geoprep.planning.samplers.base import Progress, SamplerConfig, SampleResult
+from geoprep.planning.samplers.base import MAX_LOCATIONS, Progress, SamplerConfig, SampleResult
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class FmowSampler(SamplerConfig):
     """
 
     kind: Literal["fmow"]
-    n: int = Field(1_000_000, gt=0, description="cap on the number of locations")
+    n: int = Field(1_000_000, gt=0, le=MAX_LOCATIONS, description="cap on the number of locations")
     root: str = Field(description="dataset root: a local path or an fsspec URL (s3://...)")
     splits: tuple[Literal["train", "val"], ...] = Field(
         ("train", "val"), min_length=1, description="fMoW splits to read"

@@ -28,7 +28,7 @@ from geoprep.planning.overpass import (
     Tag,
     tile_bbox,
 )
-from geoprep.planning.samplers.base import Progress, SamplerConfig, SampleResult
+from geoprep.planning.samplers.base import MAX_LOCATIONS, Progress, SamplerConfig, SampleResult
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class OsmSamplerConfig(SamplerConfig):
     """
 
     kind: Literal["osm"]
-    n: int = Field(700, gt=0, description="cap per class (paper: 12 x 700 = 8,400)")
+    n: int = Field(
+        700, gt=0, le=MAX_LOCATIONS, description="cap per class (paper: 12 x 700 = 8,400)"
+    )
     classes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CLASSES))
     source: Literal["overpass", "pbf"] = "overpass"
     # overpass source

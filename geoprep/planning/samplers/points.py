@@ -12,7 +12,7 @@ import pandas as pd
 from pydantic import Field
 
 from geoprep.core.errors import UserError
-from geoprep.planning.samplers.base import Progress, SamplerConfig, SampleResult
+from geoprep.planning.samplers.base import MAX_LOCATIONS, Progress, SamplerConfig, SampleResult
 
 _LAT_NAMES = ("lat", "latitude", "y")
 _LON_NAMES = ("lon", "lng", "long", "longitude", "x")
@@ -23,7 +23,7 @@ class PointsSampler(SamplerConfig):
 
     kind: Literal["points"]
     path: str = Field(description="CSV (lat/lon columns) or GeoParquet (point geometry) file")
-    n: int | None = Field(None, gt=0, description="keep at most this many points")
+    n: int | None = Field(None, gt=0, le=MAX_LOCATIONS, description="keep at most this many points")
     id_column: str | None = Field(
         None, description="column with the point ids (default: row number)"
     )

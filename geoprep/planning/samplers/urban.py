@@ -5,19 +5,22 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from geoprep.core.errors import UserError
-from geoprep.planning.samplers.base import Progress, SamplerConfig, SampleResult
+from geoprep.planning.samplers.base import MAX_LOCATIONS, Progress, SamplerConfig, SampleResult
 from geoprep.planning.samplers.geometry import EARTH_RADIUS_M, KM_PER_DEGREE, unit_xyz
 
 log = logging.getLogger(__name__)
 
+#: The Earth's land area, m² (149 million km²).
+LAND_AREA_M2 = 1.49e14
 #: Candidates drawn per vectorised batch; the acceptance loop below is sequential.
 _BATCH = 4096
 
@@ -26,14 +29,16 @@ class UrbanSampler(SamplerConfig):
     """Points drawn from a Gaussian around cities picked uniformly among the most populous."""
 
     kind: Literal["urban"]
-    n: int = Field(10_000, gt=0, description="number of locations to draw")
+    n: int = Field(10_000, gt=0, le=MAX_LOCATIONS, description="number of locations to draw")
     cities: str = Field(
         "geonames",
         description="'geonames' (world cities of 15,000+ people, offline) or a CSV/Parquet file "
         "with columns name, lat, lon, population",
     )
     top_cities: int = Field(10_000, gt=0, description="pick among the N most populous cities")
-    sigma_km: float = Field(50.0, gt=0, description="standard deviation of the Gaussian, km")
+    sigma_km: float = Field(
+        50.0, gt=0, le=20_000, description="standard deviation of the Gaussian, km"
+    )
     min_distance_m: float = Field(
         1980.0, ge=0, description="reject points closer than this to an accepted point"
     )
@@ -45,8 +50,23 @@ class UrbanSampler(SamplerConfig):
         None, description="optional [west, south, east, north]: keep points inside it"
     )
     max_attempts_per_point: int = Field(
-        50, gt=0, description="give up after n × this many candidates"
+        50, gt=0, le=10_000, description="give up after n × this many candidates"
     )
+
+    @model_validator(mode="after")
+    def _n_fits(self) -> UrbanSampler:
+        """n points min_distance_m apart must fit around the cities (within 5 sigma, on the
+        Earth's land at most): else the sampler could only give up after n × attempts."""
+        if self.min_distance_m <= 0:
+            return self
+        reach_m2 = min(LAND_AREA_M2, self.top_cities * math.pi * (5e3 * self.sigma_km) ** 2)
+        most = max(1, int(reach_m2 / (self.min_distance_m**2 * math.sqrt(3) / 2)))
+        if self.n > most:
+            raise ValueError(
+                f"n is {self.n}, but at most {most} points {self.min_distance_m:g} m apart fit "
+                f"within 5 sigma_km of {self.top_cities} cities; lower n or min_distance_m"
+            )
+        return self
 
     @field_validator("bounds")
     @classmethod
@@ -166,10 +186,11 @@ def load_cities(source: str) -> pd.DataFrame:
         frame = frame.sort_values(["population", "geonameid"], ascending=[False, True])
         return frame.drop(columns="geonameid").reset_index(drop=True)
 
-    path = Path(source)
-    if not path.exists():
-        raise UserError(f"sampler.cities: file {source!r} does not exist")
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    frame = read_user_file(
+        "sampler.cities",
+        source,
+        lambda path: pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path),
+    )
     missing = {"name", "lat", "lon", "population"} - set(frame.columns)
     if missing:
         raise UserError(
@@ -179,6 +200,20 @@ def load_cities(source: str) -> pd.DataFrame:
         raise UserError(f"{source}: no cities")
     frame = frame.sort_values(["population", "name"], ascending=[False, True], kind="stable")
     return frame[["name", "lat", "lon", "population"]].reset_index(drop=True)
+
+
+def read_user_file(key: str, source: str, read: Callable[[Path], Any]) -> Any:
+    """`read(path)` of a file a recipe names; any failure is one UserError line naming the key."""
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{key}: file {source!r} does not exist")
+    if path.is_dir():
+        raise UserError(f"{key}: {source!r} is a directory, not a file")
+    try:
+        return read(path)
+    except Exception as error:  # each reader has its own errors (ArrowInvalid, DataSourceError …)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise UserError(f"{key}: cannot read {source!r}: {reason}") from None
 
 
 def _land_test():
@@ -192,10 +227,11 @@ def _load_region(path: str):
     import geopandas as gpd
     import shapely
 
-    if not Path(path).exists():
-        raise UserError(f"sampler.within: file {path!r} does not exist")
-    frame = gpd.read_parquet(path) if path.endswith(".parquet") else gpd.read_file(path)
-    region = shapely.union_all(frame.to_crs(4326).geometry.values)
+    def read(file: Path):
+        frame = gpd.read_parquet(file) if file.suffix == ".parquet" else gpd.read_file(file)
+        return shapely.union_all(frame.to_crs(4326).geometry.values)
+
+    region = read_user_file("sampler.within", path, read)
     shapely.prepare(region)
 
     def inside(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
