@@ -22,6 +22,7 @@ from geoprep.building.pixels import (
     band_scale_offset,
     cloud_fraction,
     harmonize_s2,
+    mask_has_data,
     mask_kind,
     nodata_fraction,
 )
@@ -210,7 +211,7 @@ class ImageryReader:
 
         arrays: dict[str, np.ndarray] = {}
         nodatas: dict[str, float | None] = {}
-        clouds = 0.0
+        clouds, chosen = 0.0, False
         for asset in wanted:
             categorical = asset in spec.categorical or asset == mask_asset
             try:
@@ -223,7 +224,10 @@ class ImageryReader:
             except SourceError as error:
                 return SceneRead([], f"{item.id}: {error}", "read_error")
             arrays[asset], nodatas[asset] = patch.array, patch.nodata
+            chosen |= patch.nodata_chosen and asset in spec.assets
             if asset == mask_asset and (kind := mask_kind(mask_asset)) is not None:
+                if not mask_has_data(arrays[mask_asset], kind):  # e.g. SCL 0 everywhere
+                    return SceneRead([], f"{item.id} nodata (100%)", "nodata")
                 clouds = cloud_fraction(arrays[mask_asset], kind)
                 if clouds > spec.max_patch_cloud:
                     return SceneRead([], f"{item.id} cloudy ({clouds:.0%})", "cloudy")
@@ -259,6 +263,8 @@ class ImageryReader:
             "harmonized": harmonized,
             "processing_baseline": baseline,
         }
+        if chosen:  # the source declares none: geoprep filled pixels past its footprint
+            provenance["nodata_chosen"] = True
         return SceneRead(
             self._records(sensor, slot, spec, grids, arrays, nodatas, scales, provenance)
         )

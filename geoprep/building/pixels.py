@@ -34,6 +34,19 @@ def mask_kind(asset_key: str) -> MaskKind | None:
     return _MASK_KINDS.get(asset_key.lower())
 
 
+def _mask_valid(values: np.ndarray, kind: MaskKind) -> np.ndarray:
+    if kind == "scl":
+        return values != SCL_NODATA
+    if kind == "qa_pixel":
+        return (values.astype(np.uint16, copy=False) & QA_PIXEL_FILL) == 0
+    raise UserError(f"mask kind {kind!r} is not one of {sorted(_MASK_KINDS.values())}")
+
+
+def mask_has_data(mask: np.ndarray, kind: MaskKind) -> bool:
+    """Whether any pixel of a mask patch is valid (an all-SCL-0 patch is nodata, not cloud)."""
+    return bool(_mask_valid(np.asarray(mask), kind).any())
+
+
 def cloud_fraction(mask: np.ndarray, kind: MaskKind) -> float:
     """Share of the valid pixels of a mask patch that are cloud or cloud shadow.
 
@@ -42,15 +55,11 @@ def cloud_fraction(mask: np.ndarray, kind: MaskKind) -> float:
     A patch without any valid pixel counts as fully cloudy (1.0), so it is never accepted.
     """
     values = np.asarray(mask)
+    valid = _mask_valid(values, kind)
     if kind == "scl":
-        valid = values != SCL_NODATA
         cloudy = np.isin(values, SCL_CLOUD_CLASSES)
-    elif kind == "qa_pixel":
-        bits = values.astype(np.uint16, copy=False)
-        valid = (bits & QA_PIXEL_FILL) == 0
-        cloudy = valid & ((bits & QA_PIXEL_CLOUD) != 0)
     else:
-        raise UserError(f"mask kind {kind!r} is not one of {sorted(_MASK_KINDS.values())}")
+        cloudy = valid & ((values.astype(np.uint16, copy=False) & QA_PIXEL_CLOUD) != 0)
     n_valid = int(np.count_nonzero(valid))
     if n_valid == 0:
         return 1.0

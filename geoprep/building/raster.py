@@ -218,6 +218,9 @@ class Patch:
     nodata: float | None
     overview_level: int | None = None
     aligned: bool = False
+    #: the source declares no nodata, yet the grid reaches past its footprint: geoprep filled
+    #: those pixels with `nodata` (0 or NaN), a value it chose (recorded in the sample JSON)
+    nodata_chosen: bool = False
 
 
 # Kernel radius in source pixels, widened by the downsampling ratio (GDAL scales kernels).
@@ -252,8 +255,10 @@ def read_patch(
     source's CRS and pixel size at a whole-pixel offset is copied without resampling. Otherwise,
     for non-categorical resampling, the coarsest COG overview still at least as fine as the
     target is read, then warped onto the grid. Source nodata propagates; pixels outside the
-    source footprint get the nodata value. `nodata` is used when the file declares none; with
-    neither, 0 (integers) or NaN (floats) is filled in and returned as the nodata.
+    source footprint get the nodata value. `nodata` is used when the file declares none. With
+    neither, the patch has no nodata (a black NAIP pixel is data) unless the grid reaches past
+    the footprint: then 0 (integers) or NaN (floats) fills it and is returned as a nodata that
+    geoprep chose (`nodata_chosen`).
     """
     if resampling not in _KERNEL_RADIUS:
         raise UserError(f"resampling {resampling!r} is not one of {sorted(_KERNEL_RADIUS)}")
@@ -271,20 +276,24 @@ def _read_patch(
 ) -> Patch:
     with cache.dataset(href) as src:
         dtype = np.dtype(src.dtypes[0])
-        fill = _fill_value(dtype, src.nodata if src.nodata is not None else nodata)
+        declared = src.nodata if src.nodata is not None else nodata
+        fill = _fill_value(dtype, declared)
         same_crs = src.crs == _crs(grid.crs)
         if same_crs:
             offset = _aligned_offset(src.transform, grid)
             if offset is not None:
                 array = _read_window(src, offset, grid.shape, dtype, fill)
-                return Patch(array, fill, aligned=True)
+                inside = _inside(src.bounds, grid.bounds)
+                return _patch(array, declared, fill, inside, aligned=True)
             src_bounds = grid.bounds
         else:
             src_bounds = rasterio.warp.transform_bounds(
                 _crs(grid.crs), src.crs, *grid.bounds, densify_pts=21
             )
         if not all(math.isfinite(value) for value in src_bounds):  # beyond the source CRS
-            return Patch(np.full((src.count, *grid.shape), fill, dtype=dtype), fill)
+            array = np.full((src.count, *grid.shape), fill, dtype=dtype)
+            return _patch(array, declared, fill, inside=False)
+        fill_info = (declared, fill, _inside(src.bounds, src_bounds))
         target_res = min(
             (src_bounds[2] - src_bounds[0]) / grid.width,
             (src_bounds[3] - src_bounds[1]) / grid.height,
@@ -293,9 +302,29 @@ def _read_patch(
         if resampling not in _CATEGORICAL:
             level = _overview_level(abs(src.transform.a), src.overviews(1), target_res)
         if level is None:
-            return _warp(src, src_bounds, target_res, grid, resampling, dtype, fill, None)
+            return _warp(src, src_bounds, target_res, grid, resampling, dtype, fill_info, None)
     with cache.dataset(href, level) as overview:
-        return _warp(overview, src_bounds, target_res, grid, resampling, dtype, fill, level)
+        return _warp(overview, src_bounds, target_res, grid, resampling, dtype, fill_info, level)
+
+
+def _inside(outer: Sequence[float], inner: Sequence[float]) -> bool:
+    """Bounds (left, bottom, right, top) `inner` lie within `outer` (to a millimetre)."""
+    return (
+        inner[0] >= outer[0] - 1e-3
+        and inner[1] >= outer[1] - 1e-3
+        and inner[2] <= outer[2] + 1e-3
+        and inner[3] <= outer[3] + 1e-3
+    )
+
+
+def _patch(
+    array: np.ndarray, declared: float | None, fill: float, inside: bool, **kw: Any
+) -> Patch:
+    """The patch's nodata: the declared one; else none, unless pixels past the footprint had to
+    be filled."""
+    if declared is not None:
+        return Patch(array, declared, **kw)
+    return Patch(array, None if inside else fill, nodata_chosen=not inside, **kw)
 
 
 def _aligned_offset(transform: Any, grid: TargetGrid) -> tuple[int, int] | None:
@@ -345,9 +374,10 @@ def _warp(
     grid: TargetGrid,
     resampling: str,
     dtype: np.dtype,
-    fill: float,
+    fill_info: tuple[float | None, float, bool],
     level: int | None,
 ) -> Patch:
+    declared, fill, inside = fill_info
     out = np.full((src.count, *grid.shape), fill, dtype=dtype)
     source_res = abs(src.transform.a)
     ratio = max(1.0, target_res / source_res)
@@ -361,16 +391,17 @@ def _warp(
     c1 = min(math.ceil(max(cols)) + margin, src.width)
     r1 = min(math.ceil(max(rows)) + margin, src.height)
     if c1 <= c0 or r1 <= r0:  # the grid lies outside the source footprint
-        return Patch(out, fill, level)
+        return _patch(out, declared, fill, False, overview_level=level)
     # GDAL reads the blocks under the grid itself (through the block cache), which saves a
     # window read and an in-memory source dataset per call.
     rasterio.warp.reproject(
         source=rasterio.band(src, list(range(1, src.count + 1))),
         destination=out,
-        src_nodata=fill,
+        # none declared: every integer pixel is data (black NAIP pixels too); NaN never is
+        src_nodata=fill if declared is None and np.isnan(fill) else declared,
         dst_transform=grid.transform,
         dst_crs=_crs(grid.crs),
         dst_nodata=fill,
         resampling=RasterioResampling[resampling],
     )
-    return Patch(out, fill, level)
+    return _patch(out, declared, fill, inside, overview_level=level)

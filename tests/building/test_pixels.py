@@ -16,6 +16,7 @@ from geoprep.building.pixels import (
     band_scale_offset,
     cloud_fraction,
     harmonize_s2,
+    mask_has_data,
     mask_kind,
     nodata_fraction,
 )
@@ -33,6 +34,13 @@ def test_scl_cloud_fraction_leaves_nodata_out() -> None:
     assert cloud_fraction(scl.reshape(1, 10, 10), "scl") == pytest.approx(20 / 80)
     assert cloud_fraction(np.zeros((4, 4), np.uint8), "scl") == 1.0
     assert cloud_fraction(np.full((4, 4), 4, np.uint8), "scl") == 0.0
+
+
+def test_an_all_nodata_mask_has_no_data_rather_than_clouds() -> None:
+    assert not mask_has_data(np.zeros((1, 8, 8), np.uint8), "scl")
+    assert mask_has_data(np.array([[0, 0], [0, 9]], np.uint8), "scl")
+    assert not mask_has_data(np.ones((4, 4), np.uint16), "qa_pixel")  # fill bit everywhere
+    assert mask_has_data(np.array([1, 21824], np.uint16), "qa_pixel")
 
 
 def test_qa_pixel_cloud_fraction_reads_bits() -> None:

@@ -266,6 +266,19 @@ def test_sources_without_nodata_get_a_fill_value(
     np.testing.assert_equal(patch.nodata, expected)
     np.testing.assert_equal(patch.array[0, :, :9], expected)
     assert (patch.array[0, :-1, 11:] == 7).all()
+    assert patch.nodata_chosen == (given is None)  # the grid reaches past the footprint
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5])  # aligned copy, warp
+def test_a_source_without_nodata_inside_its_footprint_has_none(tmp_path: Path, shift) -> None:
+    """NAIP declares no nodata: its black pixels are data, never turned into nodata."""
+    array = np.random.default_rng(0).integers(0, 3, (4, 64, 64)).astype("uint8")
+    array[:, :16, :16] = 0  # a black corner
+    path = write_raster(tmp_path / "naip.tif", array, 32633, (500000, 5300000), 10, None)
+    grid = TargetGrid(32633, Affine(10, 0, 500100 + shift * 10, 0, -10, 5299900), 32, 32)
+    patch = read_patch(str(path), grid, "bilinear")
+    assert patch.nodata is None and not patch.nodata_chosen
+    np.testing.assert_array_equal(patch.array, reference(path, grid, "bilinear"))
 
 
 def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
