@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from geoprep.building.grid import TargetGrid
 from geoprep.core.errors import SourceError, UserError
+from geoprep.core.gdal_messages import route_gdal_messages
 from geoprep.core.signing import redact, unsigned_href
 from geoprep.recipe.sections import Resampling
 
@@ -87,6 +88,7 @@ def _redact_rasterio_logs() -> None:
 
 
 _redact_rasterio_logs()
+route_gdal_messages()  # GDAL's messages outside rasterio's handlers, too
 
 
 # ---------------------------------------------------------------------------------------------
