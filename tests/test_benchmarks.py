@@ -55,9 +55,10 @@ def _check(result: dict, patches: int, served: bool) -> None:
     for numbers in result["methods"].values():
         assert numbers["max_abs_diff"] == 0  # same pixels: the 10 m grid is the S2 grid
         assert numbers["patches_per_s"] > 0 and len(numbers["seconds"]) == 1
-        # every method makes the blob store work; local files involve no server
+        # served sources report the blob store's CPU time, local files none; its value is not
+        # checked: a few patches can cost less CPU than the process clock resolves
         server_ms = numbers["server_cpu_ms_per_patch"]
-        assert server_ms > 0 if served else server_ms is None
+        assert server_ms >= 0 if served else server_ms is None
     assert {"geoprep/naive", "geoprep/odc-stac", "best odc-stac"} <= set(result["ratios"])
 
 

@@ -202,12 +202,33 @@ def mel_power(samples: np.ndarray, spec: AudioSpec) -> np.ndarray:
     frames = sliding_window_view(padded, n_fft)[::hop]
     window = _hann_window(n_fft)
     basis = _mel_basis(spec.sample_rate, n_fft, spec.n_mels, float(spec.fmin), resolved_fmax(spec))
-    out = np.empty((spec.n_mels, len(frames)), dtype=np.float32)
+    filters = _mel_filters(basis)
+    out = np.zeros((spec.n_mels, len(frames)), dtype=np.float32)
     for start in range(0, len(frames), _FRAMES_PER_BLOCK):
         block = fft.rfft(frames[start : start + _FRAMES_PER_BLOCK] * window, axis=-1)
-        power = block.real**2 + block.imag**2
-        out[:, start : start + _FRAMES_PER_BLOCK] = basis @ power.T
+        power = np.ascontiguousarray((block.real**2 + block.imag**2).T)  # (bins, frames)
+        stop = start + len(power[0])
+        for band, (bins, weights) in enumerate(filters):
+            for k, weight in zip(bins, weights, strict=True):
+                out[band, start:stop] += weight * power[k]
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_filters(key: bytes, shape: tuple[int, int]) -> tuple[tuple[np.ndarray, np.ndarray]]:
+    basis = np.frombuffer(key, dtype=np.float32).reshape(shape)
+    return tuple((np.flatnonzero(row), row[row != 0]) for row in basis)
+
+
+def _mel_filters(basis: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Per mel band, its FFT bins and weights (a Slaney filter spans few bins).
+
+    The product with the power spectrum is summed bin by bin in this fixed order rather than by
+    BLAS: a BLAS matrix product splits its sums differently with the thread count (OpenBLAS,
+    OMP_NUM_THREADS, threadpoolctl limits set by other libraries), which changed the bytes of
+    `mel.npy` between processes.
+    """
+    return _cached_filters(basis.tobytes(), basis.shape)
 
 
 def log_mel(samples: np.ndarray, spec: AudioSpec) -> np.ndarray:

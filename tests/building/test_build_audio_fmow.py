@@ -14,7 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ import pandas as pd
 import pytest
 import soundfile
 import webdataset as wds
+import yaml
 from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
@@ -477,3 +481,31 @@ def test_geoprep_inspect_finds_the_dataset_clean(builds, which, capsys):
     result, _ = json.JSONDecoder().raw_decode(printed[printed.index("{") :])
     assert result["samples"] == built.summary.samples
     assert result["problems"] == []
+
+
+@pytest.mark.parametrize(
+    ("threads", "workers"),
+    [("1", "1"), ("3", "2")],
+    ids=["one-blas-thread-in-process", "three-blas-threads-two-workers"],
+)
+def test_builds_in_differently_configured_processes_give_the_same_bytes(
+    soundingearth, tmp_path, threads, workers
+):
+    """Float paths (FFT, mel filterbank, resampling) must not depend on the BLAS/OpenMP thread
+    count or on what ran earlier in a process: build in fresh processes with other settings."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(soundingearth.recipe.model_dump(mode="json")))
+    env = os.environ | {
+        name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "geoprep.cli", "build", str(recipe), "-o", str(out)]
+    done = subprocess.run(
+        [*command, "--workers", workers, "--io-threads", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_shards(out, soundingearth.out)
