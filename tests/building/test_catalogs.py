@@ -542,7 +542,7 @@ def test_persistent_server_errors_become_a_source_error(pc):
 
 def test_pc_signing_fetches_one_token_per_container_and_keeps_items_unsigned(pc):
     catalog = open_catalog(
-        CatalogSpec(kind="stac-api", url="unused", provider="planetary-computer")
+        CatalogSpec(kind="stac-api", url="https://unused.invalid", provider="planetary-computer")
     )
     items = world_items()
     signed = [catalog.sign(item) for item in items + items]
