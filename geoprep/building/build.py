@@ -23,7 +23,12 @@ import yaml
 
 from geoprep.building.audio import AudioMaker
 from geoprep.building.catalogs import open_catalog
-from geoprep.building.faults import CircuitBreaker, ReadFailure, SystemicFailure
+from geoprep.building.faults import (
+    CircuitBreaker,
+    ReadFailure,
+    SystemicFailure,
+    forget_all_in_gdal,
+)
 from geoprep.building.fmow import FmowImageReader, category_table
 from geoprep.building.location import LocationFailed, location_slots
 from geoprep.building.raster import DatasetCache
@@ -134,6 +139,15 @@ def _worker_builder(recipe: Recipe) -> SampleBuilder:
     return _WORKER_STATE["builder"]
 
 
+def forget_open_files() -> None:
+    """Close this process's open datasets and empty GDAL's HTTP cache: the next build reads
+    every file from its source again, as a new process would."""
+    builder = _WORKER_STATE.get("builder")
+    if builder is not None and builder.imagery is not None:
+        builder.imagery.cache.close()
+    forget_all_in_gdal()
+
+
 def _worker_breaker(build_id: str) -> CircuitBreaker:
     """The breaker of this build in this process: a new build (or a reused worker, as in Dask)
     starts with a fresh one."""
@@ -232,6 +246,11 @@ def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
             breaker.interrupt()
         raise
 
+    for i, result in results.items():
+        # A file the archive lacks is the location's own failure, if the blob store serves
+        # other files; while no read has worked it may as well be a wrong setting: wait.
+        if isinstance(result, ReadFailure) and not result.retry and breaker.has_succeeded("blobs"):
+            results[i] = LocationFailed("read_error", str(result))
     transient = [r for r in results.values() if isinstance(r, ReadFailure)]
     if transient:
         causes = Counter(failure.cause for failure in transient)

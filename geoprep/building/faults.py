@@ -147,6 +147,13 @@ def forget_in_gdal(href: str) -> None:
         library.VSICurlPartialClearCache(f"/vsicurl/{unsigned}".encode())
 
 
+def forget_all_in_gdal() -> None:
+    """Empty GDAL's /vsicurl/ cache of every file (what a new process starts with)."""
+    library = _gdal_library()
+    if library is not None:
+        library.VSICurlClearCache()
+
+
 # ---------------------------------------------------------------------------- retries
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -169,13 +176,13 @@ def with_retries(
     attempt: Callable[[bool], T],
     breaker: CircuitBreaker,
     policy: RetryPolicy = DEFAULT_RETRY,
-    before_retry: Callable[[ReadFailure], None] | None = None,
+    after_failure: Callable[[ReadFailure], None] | None = None,
     source: str = "blobs",
 ) -> T:
     """`attempt(resign)` until it succeeds, fails for good, or the budget is spent.
 
-    Every outcome goes to `breaker` under `source` (which may stop the build); `before_retry`
-    undoes what a failure left behind (cached bytes, an open dataset) before the next try.
+    Every outcome goes to `breaker` under `source` (which may stop the build); `after_failure`
+    undoes what a failure left behind (cached bytes, an open dataset).
     """
     resign = False
     for number in range(policy.attempts):
@@ -183,12 +190,12 @@ def with_retries(
         try:
             result = attempt(resign)
         except ReadFailure as failure:
+            if after_failure is not None:  # also when giving up: a later read asks afresh
+                after_failure(failure)
             breaker.failure(failure, source)
             if not failure.retry or number == policy.attempts - 1:
                 raise
             log.debug("retrying after %s", failure)
-            if before_retry is not None:
-                before_retry(failure)
             resign = failure.resign
             time.sleep(policy.pause(number))
         else:
@@ -203,7 +210,7 @@ class CircuitBreaker:
     `first` outcomes all failures of one cause, or `share` of the last `window` outcomes.
     Thread-safe; once tripped, every `check` raises the same `SystemicFailure`."""
 
-    def __init__(self, first: int = 8, window: int = 40, share: float = 0.9) -> None:
+    def __init__(self, first: int = 5, window: int = 40, share: float = 0.9) -> None:
         self.first, self.window, self.share = first, window, share
         self._recent: dict[str, deque[str | None]] = {}
         self._successes: Counter[str] = Counter()
@@ -218,6 +225,10 @@ class CircuitBreaker:
         """Open the breaker for good (Ctrl-C): reads still retrying give up at once."""
         with self._lock:
             self._tripped = self._tripped or SystemicFailure("interrupted")
+
+    def has_succeeded(self, source: str) -> bool:
+        """Whether any read of `source` succeeded in this build (in this process)."""
+        return self._successes[source] > 0
 
     def _outcomes(self, source: str) -> deque[str | None]:
         return self._recent.setdefault(source, deque(maxlen=self.window))

@@ -15,7 +15,6 @@ from geoprep.building.catalogs import Catalog, unsigned_href
 from geoprep.building.faults import (
     DEFAULT_RETRY,
     CircuitBreaker,
-    ReadFailure,
     RetryPolicy,
     with_retries,
 )
@@ -63,7 +62,7 @@ class ImageryReader:
     Only a scene's pixels (clouds, nodata) or its metadata (assets it lacks) make it pass to
     the next candidate. A read that fails is retried (`retry`, reporting to `breaker`); if it
     still fails, the `ReadFailure` leaves the location: another scene would change the data.
-    A file the archive lacks (HTTP 404) fails the location as `read_error`.
+    A file the archive lacks (HTTP 404) is not retried; the shard decides what it means.
     """
 
     def __init__(
@@ -79,20 +78,15 @@ class ImageryReader:
         self.breaker = breaker or CircuitBreaker()
         self.retry = retry
 
-    def _retried(self, item: pystac.Item, attempt: Callable[[bool], T], href: str | None) -> T:
+    def _retried(self, attempt: Callable[[bool], T], href: str | None) -> T:
         """`attempt(resign)` with retries; `href`'s cached state is dropped before each retry
-        (no `href`: a token request). A failure a retry cannot help fails the location."""
+        (no `href`: a token request)."""
         forget = None if href is None else (lambda _: self.cache.forget(href))
         source = "tokens" if href is None else "blobs"
-        try:
-            return with_retries(attempt, self.breaker, self.retry, forget, source)
-        except ReadFailure as failure:
-            if failure.retry:
-                raise
-            raise LocationFailed("read_error", f"{item.id}: {failure}") from None
+        return with_retries(attempt, self.breaker, self.retry, forget, source)
 
     def _sign(self, catalog: str, item: pystac.Item) -> pystac.Item:
-        return self._retried(item, lambda resign: self.catalogs[catalog].sign(item, resign), None)
+        return self._retried(lambda resign: self.catalogs[catalog].sign(item, resign), None)
 
     def images(
         self,
@@ -250,7 +244,7 @@ class ImageryReader:
                     signed.assets[asset].href, grids[asset][0], resampling, cache=self.cache
                 )
 
-            patch = self._retried(item, attempt, item.assets[asset].href)
+            patch = self._retried(attempt, item.assets[asset].href)
             arrays[asset], nodatas[asset] = patch.array, patch.nodata
             if asset == mask_asset and (kind := mask_kind(mask_asset)) is not None:
                 clouds = cloud_fraction(arrays[mask_asset], kind)
@@ -334,7 +328,7 @@ class ImageryReader:
                         signed[key] = self.catalogs[catalog].sign(item, fresh=True)
                     return asset_gsd(signed[key], asset, cache=self.cache)
 
-                gsds[sensor, asset] = self._retried(item, attempt, item.assets[asset].href)
+                gsds[sensor, asset] = self._retried(attempt, item.assets[asset].href)
         grids: dict[str, AssetGrids] = {sensor: {} for sensor in wanted}
         if not gsds:
             return grids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -57,7 +58,8 @@ def gdal_env(**overrides: Any) -> dict[str, Any]:
         # file, and a dead server must reach the circuit breaker in seconds, not minutes.
         "GDAL_HTTP_MAX_RETRY": "2",
         "GDAL_HTTP_RETRY_DELAY": "0.5",
-        "GDAL_HTTP_TIMEOUT": "60",
+        # a time-out the user set wins (a read that stalls is then retried sooner)
+        "GDAL_HTTP_TIMEOUT": os.environ.get("GDAL_HTTP_TIMEOUT", "60"),
         # Raw bytes kept per open file (headers, neighbouring ranges); per file, so kept small.
         "VSI_CACHE": "TRUE",
         "VSI_CACHE_SIZE": str(8 * 1024 * 1024),

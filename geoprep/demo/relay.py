@@ -21,6 +21,7 @@ servers that build links from it keep pointing at the relay). Faults:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import socket
@@ -77,6 +78,7 @@ class FaultRelay:
         self.requests = 0
         self.injected: Counter[str] = Counter()
         self._plans: list[_Plan] = []
+        self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
         self._thread: threading.Thread | None = None
@@ -109,9 +111,11 @@ class FaultRelay:
             self._plans.append(_Plan(kind, rate, limit, match, random.Random(seed)))
 
     def clear(self) -> None:
-        """No more faults (a refused listener opens again on the same port)."""
+        """No more faults, counters back to 0 (a refused listener opens on the same port)."""
         with self._lock:
             self._plans.clear()
+            self.injected.clear()
+            self.requests = 0
         if self._server is None and self.port is not None:
             self._listen(self.port)
 
@@ -158,6 +162,12 @@ class FaultRelay:
         self._thread.start()
 
     def _close_listener(self) -> None:
+        """Stop listening and cut the open connections (clients keep them alive)."""
+        with self._lock:
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -177,6 +187,8 @@ class FaultRelay:
 
     # ------------------------------------------------------------------ one connection
     def _serve_connection(self, client: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(client)
         reader = client.makefile("rb")
         upstream: http.client.HTTPConnection | None = None
         try:
@@ -212,6 +224,8 @@ class FaultRelay:
         except (_Closed, OSError, http.client.HTTPException):
             return
         finally:
+            with self._lock:
+                self._connections.discard(client)
             if upstream is not None:
                 upstream.close()
             reader.close()

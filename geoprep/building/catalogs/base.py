@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -266,6 +267,9 @@ def token_failure(error: requests.RequestException, url: str) -> ReadFailure:
     """The `ReadFailure` for a token request that failed."""
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
+    # the SDK's retry settings turn a 429/5xx answer into "too many 503 error responses"
+    if status is None and (found := re.search(r"too many (\d{3}) error", str(error))):
+        status = int(found.group(1))
     if status is not None:
         transient = status == 429 or status >= 500
         return ReadFailure(
