@@ -1,8 +1,9 @@
 """The `geoprep` command line: argument parsing and dispatch to the stages.
 
 Commands: plan, build, inspect, check (a recipe), demo-world (generate the offline world),
-serve-demo (serve it on loopback) and demo (every stage on the demo world). Exit codes: 0 success,
-1 a source failed, 2 a user mistake, 3 inspect found problems in the data, 130 interrupted.
+serve-demo (serve it on loopback) and demo (every stage on the demo world). Exit codes: 0 success
+(a complete dataset), 1 a source failed or the build is incomplete, 2 a user mistake, 3 inspect
+found problems in the data, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from rich.table import Table
 from geoprep import __version__
 from geoprep.core.errors import (
     DATA_PROBLEMS_EXIT_CODE,
+    INCOMPLETE_EXIT_CODE,
+    INTERRUPTED_EXIT_CODE,
     DiskFullError,
     SourceError,
     UserError,
@@ -257,8 +260,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         recipe, args.out, args.workers, args.io_threads, args.dask, plan_dir=args.plan_dir
     )
     if args.json:
-        print(json.dumps({**summary.__dict__, "samples_per_s": summary.samples_per_s}, indent=2))
-    return 0
+        print(json.dumps(summary.to_json(), indent=2))
+    if summary.complete:
+        return 0
+    causes = ", ".join(f"{n} {cause}" for cause, n in summary.causes.items())
+    print(
+        f"geoprep: incomplete: {len(summary.incomplete)} shards not written, "
+        f"{summary.transient} locations still failing after retries ({causes}; e.g. "
+        f"{summary.example[:300]}); run the same command again to build them",
+        file=sys.stderr,
+    )
+    return INCOMPLETE_EXIT_CODE
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return DiskFullError.exit_code
     except KeyboardInterrupt:
         print("geoprep: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ import hashlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -20,6 +23,12 @@ import yaml
 
 from geoprep.building.audio import AudioMaker
 from geoprep.building.catalogs import open_catalog
+from geoprep.building.faults import (
+    CircuitBreaker,
+    ReadFailure,
+    SystemicFailure,
+    forget_all_in_gdal,
+)
 from geoprep.building.fmow import FmowImageReader, category_table
 from geoprep.building.location import LocationFailed, location_slots
 from geoprep.building.raster import DatasetCache
@@ -29,7 +38,13 @@ from geoprep.core.signing import redact
 from geoprep.core.storage import join, makedirs, read_bytes, write_bytes_atomic
 from geoprep.planning.plan import PLAN_FILE, plan, read_locations
 from geoprep.recipe.model import PLAN_SECTIONS, Recipe
-from geoprep.shards.layout import ShardStats, clean_partial, done_shards
+from geoprep.shards.layout import (
+    MANIFEST_FILE,
+    ShardStats,
+    clean_partial,
+    done_shards,
+    pretty_json,
+)
 from geoprep.shards.manifest import write_manifest
 from geoprep.shards.writer import ShardWriter
 
@@ -47,10 +62,26 @@ class ShardTask:
     index: int
     rows: list[dict[str, Any]]
     io_threads: int = 8
+    build_id: str = ""  # one circuit breaker per build and worker process
+
+
+@dataclass(frozen=True)
+class IncompleteShard:
+    """A shard left uncommitted: `transient` of its locations outlasted the retries (`causes`
+    counts why; `example` is one message). A rerun builds it again."""
+
+    index: int
+    transient: int
+    causes: dict[str, int]
+    example: str
 
 
 @dataclass
 class BuildSummary:
+    """What a build did. `failures` counts the locations' own failures by reason (committed,
+    part of the dataset); `incomplete` lists shards left uncommitted because `transient`
+    locations outlasted their retries (`causes`): the dataset is `complete` only without them."""
+
     out: str
     shards: int
     built: int
@@ -58,14 +89,36 @@ class BuildSummary:
     samples: int
     failures: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    incomplete: list[int] = field(default_factory=list)
+    transient: int = 0
+    causes: dict[str, int] = field(default_factory=dict)
+    example: str = ""
 
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
+    @property
+    def complete(self) -> bool:
+        return not self.incomplete
+
+    @property
+    def failure_kinds(self) -> dict[str, int]:
+        """Failed locations by kind (a systemic failure stops the build instead: 0 here)."""
+        return {"location": sum(self.failures.values()), "transient": self.transient, "systemic": 0}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.__dict__,
+            "complete": self.complete,
+            "failure_kinds": self.failure_kinds,
+            "samples_per_s": self.samples_per_s,
+        }
+
 
 # ---------------------------------------------------------------------- one shard (worker side)
 _WORKER_STATE: dict[str, Any] = {}
+_INTERRUPTED = threading.Event()
 
 
 def _worker_builder(recipe: Recipe) -> SampleBuilder:
@@ -86,6 +139,36 @@ def _worker_builder(recipe: Recipe) -> SampleBuilder:
     return _WORKER_STATE["builder"]
 
 
+def forget_open_files() -> None:
+    """Close this process's open datasets and empty GDAL's HTTP cache: the next build reads
+    every file from its source again, as a new process would."""
+    builder = _WORKER_STATE.get("builder")
+    if builder is not None and builder.imagery is not None:
+        builder.imagery.cache.close()
+    forget_all_in_gdal()
+
+
+def _worker_breaker(build_id: str) -> CircuitBreaker:
+    """The breaker of this build in this process: a new build (or a reused worker, as in Dask)
+    starts with a fresh one."""
+    if _WORKER_STATE.get("build_id") != build_id or "breaker" not in _WORKER_STATE:
+        _WORKER_STATE.update(build_id=build_id, breaker=CircuitBreaker())
+    return _WORKER_STATE["breaker"]
+
+
+def _stop_on_sigint() -> None:
+    """In worker processes: Ctrl-C (sent to the whole process group) sets a flag instead of
+    raising in the middle of a shard; the shard then stops and commits nothing, and the driver
+    ends the workers."""
+
+    def stop(*_: object) -> None:
+        _INTERRUPTED.set()
+        if (breaker := _WORKER_STATE.get("breaker")) is not None:
+            breaker.interrupt()
+
+    signal.signal(signal.SIGINT, stop)
+
+
 def _io_pool(threads: int) -> ThreadPoolExecutor:
     """One I/O pool per worker process: a new thread costs GDAL and PROJ set-up each time."""
     threads = max(1, threads)
@@ -103,11 +186,19 @@ def fmow_root(recipe: Recipe) -> str:
     return str(root)
 
 
-def build_shard(task: ShardTask) -> ShardStats:
-    """Build, write and commit one shard; failures of single locations are recorded, not raised."""
+def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
+    """Build, write and commit one shard; a location's own failures are recorded in it.
+
+    A location whose reads outlasted their retries leaves the shard uncommitted (returned as
+    `IncompleteShard`); a `SystemicFailure` (the breaker tripped) or an interruption is raised.
+    """
     started = time.perf_counter()
+    _check_interrupted()
     recipe = Recipe.model_validate(task.recipe)
     builder = _worker_builder(recipe)
+    breaker = _worker_breaker(task.build_id)
+    if builder.imagery is not None:
+        builder.imagery.breaker = breaker
     rows = task.rows
     slots: dict[str, list] = {row["id"]: [] for row in rows}
     candidates: dict[str, dict[str, list]] = {}
@@ -133,6 +224,10 @@ def build_shard(task: ShardTask) -> ShardStats:
             return builder.build(row, slots[row["id"]], per_location)
         except LocationFailed as failure:
             return failure
+        except ReadFailure as failure:  # retries spent: the shard waits for a rerun
+            return failure
+        except SystemicFailure:
+            raise
         except Exception as error:  # one broken location must not stop the shard
             # redacted: messages of lower layers may quote signed URLs
             log.debug("location %s failed:\n%s", row["id"], redact(traceback.format_exc()))
@@ -140,9 +235,26 @@ def build_shard(task: ShardTask) -> ShardStats:
 
     pool = _io_pool(task.io_threads)
     futures = {pool.submit(run, i): i for i in order}
-    for future in as_completed(futures):
-        results[futures[future]] = future.result()
+    try:
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+    except BaseException as error:
+        # stop now: queued locations are dropped, running ones see the breaker open
+        for future in futures:
+            future.cancel()
+        if isinstance(error, KeyboardInterrupt):
+            breaker.interrupt()
+        raise
 
+    for i, result in results.items():
+        # A file the archive lacks is the location's own failure, if the blob store serves
+        # other files; while no read has worked it may as well be a wrong setting: wait.
+        if isinstance(result, ReadFailure) and not result.retry and breaker.has_succeeded("blobs"):
+            results[i] = LocationFailed("read_error", str(result))
+    transient = [r for r in results.values() if isinstance(r, ReadFailure)]
+    if transient:
+        causes = Counter(failure.cause for failure in transient)
+        return IncompleteShard(task.index, len(transient), dict(causes), str(transient[0]))
     with ShardWriter.from_spec(task.out, task.index, recipe.output) as writer:
         for i, row in enumerate(rows):
             result = results[i]
@@ -150,7 +262,13 @@ def build_shard(task: ShardTask) -> ShardStats:
                 writer.fail(str(row["id"]), result.reason, result.detail)
             else:
                 writer.add(result)
+        _check_interrupted()  # nothing is committed after Ctrl-C
         return writer.close(time.perf_counter() - started)
+
+
+def _check_interrupted() -> None:
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def _find_candidates(recipe, catalogs, rows, slots) -> dict[str, dict[str, list]]:
@@ -201,14 +319,14 @@ def _plan_digest(plan_dir: str) -> str | None:
 
 
 def shard_tasks(
-    recipe: Recipe, out: str, locations: pd.DataFrame, io_threads: int
+    recipe: Recipe, out: str, locations: pd.DataFrame, io_threads: int, build_id: str = ""
 ) -> list[ShardTask]:
     per_shard = recipe.output.samples_per_shard
     records = _records(locations)
     n_shards = math.ceil(len(records) / per_shard)
     dump = recipe.model_dump(mode="json")
     return [
-        ShardTask(dump, out, i, records[i * per_shard : (i + 1) * per_shard], io_threads)
+        ShardTask(dump, out, i, records[i * per_shard : (i + 1) * per_shard], io_threads, build_id)
         for i in range(n_shards)
     ]
 
@@ -281,43 +399,94 @@ def build(
     started = time.perf_counter()
     check_output(recipe, out)
     locations = ensure_plan(recipe, out, plan_dir)
-    tasks = shard_tasks(recipe, out, locations, io_threads)
+    tasks = shard_tasks(recipe, out, locations, io_threads, uuid.uuid4().hex)
     clean_partial(out)
     done = done_shards(out)
     todo = [t for t in tasks if t.index not in done]
+    if todo and recipe.imagery is not None:
+        check_assets(recipe)
     if on_start:
         on_start(len(tasks), len(tasks) - len(todo))
 
     failures: Counter[str] = Counter()
+    causes: Counter[str] = Counter()
+    incomplete: list[IncompleteShard] = []
     samples = 0
-    for stats in _run(todo, workers, dask_address):
-        samples += stats.successes
-        failures.update(stats.failures)
-        if on_shard:
-            on_shard(stats)
+    try:
+        for stats in _run(todo, workers, dask_address):
+            if isinstance(stats, IncompleteShard):
+                incomplete.append(stats)
+                causes.update(stats.causes)
+            else:
+                samples += stats.successes
+                failures.update(stats.failures)
+            if on_shard:
+                on_shard(stats)
+    except SystemicFailure:
+        # what was committed stays; the manifest says the build is not complete
+        _write_manifest(recipe, out, len(tasks), systemic=1)
+        raise
     if recipe.fmow_images is not None or recipe.sampler.kind == "fmow":
         # labels are indices into the 62 fMoW categories (imagery-only fMoW-Sentinel builds
         # too): the table travels with the data
         table = json.dumps(category_table(), indent=1).encode()
         write_bytes_atomic(join(out, "categories.json"), table)
-    write_manifest(out, recipe.model_dump(mode="json"), recipe.digest(), len(tasks))
+    transient = sum(shard.transient for shard in incomplete)
+    _write_manifest(recipe, out, len(tasks), transient=transient)
     return BuildSummary(
         out=out,
         shards=len(tasks),
-        built=len(todo),
+        built=len(todo) - len(incomplete),
         skipped=len(tasks) - len(todo),
         samples=samples,
         failures=dict(sorted(failures.items())),
         seconds=time.perf_counter() - started,
+        incomplete=sorted(shard.index for shard in incomplete),
+        transient=transient,
+        causes=dict(causes.most_common()),
+        example=incomplete[0].example if incomplete else "",
     )
 
 
-def _run(tasks: list[ShardTask], workers: int, dask_address: str | None) -> Iterator[ShardStats]:
+def _write_manifest(
+    recipe: Recipe, out: str, n_shards: int, transient: int = 0, systemic: int = 0
+) -> None:
+    """The manifest, with the failed locations counted by kind (`failure_kinds`): the
+    locations' own (in the committed shards), transient (this run's uncommitted shards) and
+    systemic (1: the build was stopped)."""
+    manifest = write_manifest(out, recipe.model_dump(mode="json"), recipe.digest(), n_shards)
+    kinds = {"location": manifest["totals"]["failures"], "transient": transient}
+    manifest["failure_kinds"] = kinds | {"systemic": systemic}
+    write_bytes_atomic(join(out, MANIFEST_FILE), pretty_json(manifest))
+
+
+def check_assets(recipe: Recipe) -> None:
+    """Every sensor's assets must exist in its collection (its item_assets, else its first
+    item): a misspelled band would otherwise fail every location as if no scene were clear."""
+    catalogs: dict[str, Any] = {}
+    for name, spec in recipe.imagery.sensors.items():
+        if spec.catalog not in catalogs:
+            catalogs[spec.catalog] = open_catalog(recipe.imagery.catalogs[spec.catalog])
+        available = catalogs[spec.catalog].asset_names(spec.collection)
+        if available is None:
+            continue
+        missing = [asset for asset in spec.assets if asset not in available]
+        if missing:
+            raise UserError(
+                f"imagery.sensors.{name}.assets: {', '.join(missing)} not in collection "
+                f"{spec.collection} (it has {', '.join(sorted(available))})"
+            )
+
+
+def _run(
+    tasks: list[ShardTask], workers: int, dask_address: str | None
+) -> Iterator[ShardStats | IncompleteShard]:
     if not tasks:
         return
     if dask_address:
         yield from _run_dask(tasks, dask_address)
     elif workers <= 1:
+        _INTERRUPTED.clear()
         for task in tasks:
             yield build_shard(task)
     else:
@@ -325,15 +494,21 @@ def _run(tasks: list[ShardTask], workers: int, dask_address: str | None) -> Iter
 
         # spawn, not fork: GDAL, threads and open HTTP sessions do not survive a fork
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-            futures = [pool.submit(build_shard, task) for task in tasks]
-            try:
-                for future in as_completed(futures):
-                    yield future.result()
-            except BaseException:
-                # report a failed shard (or Ctrl-C) now, not after every queued shard has run
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        pool = ProcessPoolExecutor(
+            min(workers, len(tasks)), mp_context=context, initializer=_stop_on_sigint
+        )
+        futures = [pool.submit(build_shard, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            # report a failed shard (or Ctrl-C) now, not after every queued shard has run: the
+            # workers are ended (a shard they were writing is left uncommitted, to be redone)
+            for process in list((pool._processes or {}).values()):  # no public handle
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
 
 def _run_dask(tasks: list[ShardTask], address: str) -> Iterator[ShardStats]:

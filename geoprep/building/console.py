@@ -6,7 +6,7 @@ import time
 
 from rich.table import Table
 
-from geoprep.building.build import BuildSummary, build
+from geoprep.building.build import BuildSummary, IncompleteShard, build
 from geoprep.core.progress import console, progress_bar
 from geoprep.recipe.model import Recipe
 
@@ -29,8 +29,11 @@ def run_build(
             bar.advance(skipped)
 
         def on_shard(stats) -> None:
-            counts["samples"] += stats.successes
-            counts["failed"] += stats.count - stats.successes
+            if isinstance(stats, IncompleteShard):
+                counts["failed"] += stats.transient
+            else:
+                counts["samples"] += stats.successes
+                counts["failed"] += stats.count - stats.successes
             rate = counts["samples"] / max(time.perf_counter() - started, 1e-9)
             bar.describe(
                 f"build {recipe.name}: {counts['samples']} samples, {rate:.1f}/s, "
@@ -55,8 +58,14 @@ def run_build(
         "shards", f"{summary.shards} ({summary.built} built, {summary.skipped} done before)"
     )
     table.add_row("samples written", str(summary.samples))
+    for kind, count in summary.failure_kinds.items():
+        table.add_row(f"failed ({kind})", str(count))
     for reason, count in summary.failures.items():
-        table.add_row(f"failed: {reason}", str(count))
+        table.add_row(f"  location: {reason}", str(count))
+    for cause, count in summary.causes.items():
+        table.add_row(f"  transient: {cause}", str(count))
+    if summary.incomplete:
+        table.add_row("shards not written", str(len(summary.incomplete)))
     table.add_row("seconds", f"{summary.seconds:.1f}")
     table.add_row("samples/s", f"{summary.samples_per_s:.1f}")
     console.print(table)

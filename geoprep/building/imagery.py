@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pystac
 
 from geoprep.building.catalogs import Catalog, unsigned_href
+from geoprep.building.faults import (
+    DEFAULT_RETRY,
+    CircuitBreaker,
+    RetryPolicy,
+    with_retries,
+)
 from geoprep.building.grid import TargetGrid, native_groups
 from geoprep.building.location import LocationFailed
 from geoprep.building.pixels import (
@@ -26,9 +32,8 @@ from geoprep.building.pixels import (
     mask_kind,
     nodata_fraction,
 )
-from geoprep.building.raster import DatasetCache, read_patch
+from geoprep.building.raster import DatasetCache, Patch, read_patch
 from geoprep.building.scenes import Slot, coterminous, item_datetime, rank
-from geoprep.core.errors import SourceError
 from geoprep.recipe.model import Recipe
 from geoprep.recipe.sections import SensorSpec, SingleTime
 from geoprep.shards.records import ImageRecord
@@ -36,7 +41,8 @@ from geoprep.shards.records import ImageRecord
 log = logging.getLogger(__name__)
 
 
-RejectKind = Literal["cloudy", "nodata", "missing_assets", "read_error"]
+RejectKind = Literal["cloudy", "nodata", "missing_assets"]
+T = TypeVar("T")
 #: A sensor's assets → (target grid, resolution group or None in the common layout).
 AssetGrids = dict[str, tuple[TargetGrid, str | None]]
 
@@ -50,20 +56,38 @@ class SceneRead:
     kind: RejectKind | None = None
 
 
-def _failure_reason(reads: list[SceneRead]) -> str:
-    """`read_error` when no scene could be read at all (a source problem, not the weather)."""
-    if reads and all(read.kind == "read_error" for read in reads):
-        return "read_error"
-    return "no_clear_scene"
-
-
 class ImageryReader:
     """Reads the images of locations for one recipe's imagery section; safe to share between I/O
-    threads."""
+    threads.
 
-    def __init__(self, recipe: Recipe, catalogs: Mapping[str, Catalog], cache: DatasetCache):
+    Only a scene's pixels (clouds, nodata) or its metadata (assets it lacks) make it pass to
+    the next candidate. A read that fails is retried (`retry`, reporting to `breaker`); if it
+    still fails, the `ReadFailure` leaves the location: another scene would change the data.
+    A file the archive lacks (HTTP 404) is not retried; the shard decides what it means.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        catalogs: Mapping[str, Catalog],
+        cache: DatasetCache,
+        breaker: CircuitBreaker | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ):
         self.imagery = recipe.imagery
         self.catalogs, self.cache = catalogs, cache
+        self.breaker = breaker or CircuitBreaker()
+        self.retry = retry
+
+    def _retried(self, attempt: Callable[[bool], T], href: str | None) -> T:
+        """`attempt(resign)` with retries; `href`'s cached state is dropped before each retry
+        (no `href`: a token request)."""
+        forget = None if href is None else (lambda _: self.cache.forget(href))
+        source = "tokens" if href is None else "blobs"
+        return with_retries(attempt, self.breaker, self.retry, forget, source)
+
+    def _sign(self, catalog: str, item: pystac.Item) -> pystac.Item:
+        return self._retried(lambda resign: self.catalogs[catalog].sign(item, resign), None)
 
     def images(
         self,
@@ -138,7 +162,7 @@ class ImageryReader:
                 return read.images
             reads.append(read)
         raise LocationFailed(
-            _failure_reason(reads),
+            "no_clear_scene",
             f"{sensor} {slot.name}: {len(ranked)} scenes tried "
             f"({', '.join(read.rejected for read in reads)})",
         )
@@ -181,7 +205,7 @@ class ImageryReader:
         if not tried:  # the sensors' scenes are too far apart: nothing was worth reading
             raise LocationFailed("no_scene", f"no combination of scenes within {window} days")
         raise LocationFailed(
-            _failure_reason([read for read in reads.values() if read.rejected]),
+            "no_clear_scene",
             f"no combination of clear scenes within {window} days ({len(reads)} scenes read: "
             f"{', '.join(read.rejected for read in reads.values() if read.rejected)})",
         )
@@ -199,10 +223,7 @@ class ImageryReader:
         missing = [a for a in spec.assets if a not in item.assets or a not in grids]
         if missing:
             return SceneRead([], f"{item.id} lacks assets {missing}", "missing_assets")
-        try:
-            signed = self.catalogs[spec.catalog].sign(item)
-        except SourceError as error:
-            return SceneRead([], str(error), "read_error")
+        signed = self._sign(spec.catalog, item)
         mask_asset = self.mask_asset(spec)
         if mask_asset is not None and (mask_asset not in item.assets or mask_asset not in grids):
             mask_asset = None
@@ -214,15 +235,17 @@ class ImageryReader:
         clouds, chosen = 0.0, False
         for asset in wanted:
             categorical = asset in spec.categorical or asset == mask_asset
-            try:
-                patch = read_patch(
-                    signed.assets[asset].href,
-                    grids[asset][0],
-                    "nearest" if categorical else spec.resampling,
-                    cache=self.cache,
+            resampling = "nearest" if categorical else spec.resampling
+
+            def attempt(resign: bool, asset: str = asset, resampling: str = resampling) -> Patch:
+                nonlocal signed
+                if resign:
+                    signed = self.catalogs[spec.catalog].sign(item, fresh=True)
+                return read_patch(
+                    signed.assets[asset].href, grids[asset][0], resampling, cache=self.cache
                 )
-            except SourceError as error:
-                return SceneRead([], f"{item.id}: {error}", "read_error")
+
+            patch = self._retried(attempt, item.assets[asset].href)
             arrays[asset], nodatas[asset] = patch.array, patch.nodata
             chosen |= patch.nodata_chosen and asset in spec.assets
             if asset == mask_asset and (kind := mask_kind(mask_asset)) is not None:
@@ -301,14 +324,17 @@ class ImageryReader:
                 item = next((i for i in candidates.get(sensor, []) if asset in i.assets), None)
                 if item is None:
                     continue
-                try:
-                    # signed: without a resolution in the metadata the file header is read
-                    key = (sensor, item.id)
-                    if key not in signed:
-                        signed[key] = self.catalogs[spec.catalog].sign(item)
-                    gsds[sensor, asset] = asset_gsd(signed[key], asset, cache=self.cache)
-                except SourceError as error:
-                    raise LocationFailed("read_error", f"{item.id}: {error}") from None
+                # signed: without a resolution in the metadata the file header is read
+                key = (sensor, item.id)
+                if key not in signed:
+                    signed[key] = self._sign(spec.catalog, item)
+
+                def attempt(resign, key=key, item=item, asset=asset, catalog=spec.catalog) -> float:
+                    if resign:
+                        signed[key] = self.catalogs[catalog].sign(item, fresh=True)
+                    return asset_gsd(signed[key], asset, cache=self.cache)
+
+                gsds[sensor, asset] = self._retried(attempt, item.assets[asset].href)
         grids: dict[str, AssetGrids] = {sensor: {} for sensor in wanted}
         if not gsds:
             return grids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -23,8 +24,9 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from geoprep.building.faults import forget_in_gdal, gdal_failure
 from geoprep.building.grid import TargetGrid
-from geoprep.core.errors import SourceError, UserError
+from geoprep.core.errors import UserError
 from geoprep.core.gdal_messages import route_gdal_messages
 from geoprep.core.signing import redact, unsigned_href
 from geoprep.recipe.sections import Resampling
@@ -53,9 +55,12 @@ def gdal_env(**overrides: Any) -> dict[str, Any]:
         "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
         "GDAL_HTTP_MULTIRANGE": "YES",
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-        "GDAL_HTTP_MAX_RETRY": "5",
-        "GDAL_HTTP_RETRY_DELAY": "1",
-        "GDAL_HTTP_TIMEOUT": "60",
+        # GDAL's own retries are kept short: geoprep retries failed reads itself, reopening the
+        # file, and a dead server must reach the circuit breaker in seconds, not minutes.
+        "GDAL_HTTP_MAX_RETRY": "2",
+        "GDAL_HTTP_RETRY_DELAY": "0.5",
+        # a time-out the user set wins (a read that stalls is then retried sooner)
+        "GDAL_HTTP_TIMEOUT": os.environ.get("GDAL_HTTP_TIMEOUT", "60"),
         # Raw bytes kept per open file (headers, neighbouring ranges); per file, so kept small.
         "VSI_CACHE": "TRUE",
         "VSI_CACHE_SIZE": str(8 * 1024 * 1024),
@@ -164,6 +169,17 @@ class DatasetCache:
         for entry in entries:
             entry.close()
 
+    def forget(self, href: str) -> None:
+        """Close `href`'s datasets (every overview level) and drop what GDAL cached of the file,
+        so that the next read asks the server again instead of repeating a failure."""
+        unsigned = unsigned_href(href)
+        with self._lock:
+            gone = [key for key in self._entries if key[0] == unsigned]
+            entries = [self._entries.pop(key) for key in gone]
+        for entry in entries:
+            entry.close()
+        forget_in_gdal(unsigned)
+
     def _checkout(self, href: str, overview_level: int | None) -> _Entry:
         """An entry with an open dataset, its lock held by the caller."""
         key = (unsigned_href(href), overview_level)
@@ -201,7 +217,7 @@ def _open(href: str, overview_level: int | None) -> DatasetReader:
             return rasterio.open(href)
         return rasterio.open(href, overview_level=overview_level)
     except RasterioError as error:
-        raise SourceError(f"cannot open {redact(href)}: {redact(str(error))}") from error
+        raise gdal_failure(f"cannot open: {redact(str(error))}", redact(href)) from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +286,7 @@ def read_patch(
     try:
         return _read_patch(href, grid, resampling, cache, nodata)
     except RasterioError as error:
-        raise SourceError(f"cannot read {redact(href)}: {redact(str(error))}") from error
+        raise gdal_failure(f"cannot read: {redact(str(error))}", redact(href)) from error
 
 
 def _read_patch(

@@ -24,3 +24,10 @@ class DiskFullError(Exception):
 #: `geoprep inspect` read the dataset but found problems in it (not a source failure, not a
 #: mistake in the command).
 DATA_PROBLEMS_EXIT_CODE = 3
+
+#: `geoprep build` ended but some shards are not written: their locations failed for transient
+#: reasons (after retries); running the same command again builds them.
+INCOMPLETE_EXIT_CODE = 1
+
+#: Interrupted (Ctrl-C); nothing is committed after the signal.
+INTERRUPTED_EXIT_CODE = 130

@@ -630,9 +630,11 @@ def test_unreadable_scenes_are_read_errors_not_clouds(services, tmp_path):
     }
     rows = [place(services.world_dir, "iowa", 0, 0, id="iowa-0")]
     summary = build(make_recipe(tmp_path, "unsigned", rows, imagery), str(tmp_path / "out"))
-    assert summary.samples == 0 and summary.failures == {"read_error": 1}
-    (entry,) = json.loads((tmp_path / "out" / "shards" / "00000_stats.json").read_text())["failed"]
-    assert "404" in entry["detail"] and "S2B_MSIL2A_20190707" in entry["detail"]
+    # no read worked: the 404 may be a wrong setting, not a missing file; nothing is committed
+    assert summary.samples == 0 and not summary.complete and summary.incomplete == [0]
+    assert summary.causes == {"HTTP 404": 1} and summary.failures == {}
+    assert "404" in summary.example and "S2B_MSIL2A_20190707" in summary.example
+    assert not (tmp_path / "out" / "shards" / "00000_stats.json").exists()
 
 
 def test_no_signed_url_or_token_in_any_output(

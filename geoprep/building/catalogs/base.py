@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import cql2
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import planetary_computer
+import planetary_computer.settings as pc_settings
+import planetary_computer.utils as pc_utils
 import pystac
 import requests
+from planetary_computer import sas as pc_sas
 from shapely.geometry import shape
 
+from geoprep.building.faults import ReadFailure
 from geoprep.building.scenes import item_datetime
-from geoprep.core.errors import SourceError, UserError
+from geoprep.core.errors import UserError
 from geoprep.recipe.sections import CatalogSpec
 
 CLOUD_KEY = "eo:cloud_cover"
@@ -209,17 +214,86 @@ class Catalog(ABC):
         extra_filter: dict[str, Any] | None,
     ) -> dict[str, list[pystac.Item]]: ...
 
-    def sign(self, item: pystac.Item) -> pystac.Item:
-        """A copy of `item` whose asset hrefs can be read (Planetary Computer); else `item`."""
+    def sign(self, item: pystac.Item, fresh: bool = False) -> pystac.Item:
+        """A copy of `item` whose asset hrefs can be read (Planetary Computer); else `item`.
+
+        `fresh` asks for new tokens (after a 403). A failure to get a token is a `ReadFailure`:
+        transient for 429/5xx, systemic-looking (the breaker decides) when nothing answers.
+        """
         if self.spec.provider != "planetary-computer":
             return item
-        try:
-            return planetary_computer.sign(item)
-        except requests.RequestException as error:
-            raise SourceError(
-                f"could not get a SAS token for item {item.id}: {type(error).__name__} "
-                f"({getattr(error.response, 'status_code', 'no answer')})"
-            ) from None
+        signed = item.clone()
+        tokens: dict[tuple[str, str], pc_sas.SASToken] = {}
+        for asset in signed.assets.values():
+            parts = urlsplit(asset.href)
+            if not (parts.hostname or "").endswith(BLOB_HOST) or _is_signed(parts.query):
+                continue
+            if parts.hostname in PUBLIC_BLOB_HOSTS:  # readable without a token
+                continue
+            container = pc_utils.parse_blob_url(parts)
+            if container not in tokens:
+                tokens[container] = _token(*container, fresh)
+            asset.href = tokens[container].sign(asset.href).href
+        return signed
+
+    def asset_names(self, collection: str) -> set[str] | None:
+        """The asset keys of the collection's items (None: this catalog cannot tell cheaply)."""
+        return None
+
+
+BLOB_HOST = ".blob.core.windows.net"
+#: Planetary Computer's public assets (thumbnails): signing leaves them alone.
+PUBLIC_BLOB_HOSTS = frozenset({"ai4edatasetspublicassets.blob.core.windows.net"})
+
+
+def _is_signed(query: str) -> bool:
+    return bool({"st", "se", "sp"} & {pair.partition("=")[0] for pair in query.split("&")})
+
+
+def _token(account: str, container: str, fresh: bool) -> pc_sas.SASToken:
+    """The SAS token of one container from planetary_computer's cache (renewed when it nears
+    its expiry, or when `fresh`): one request, no retries of its own (the SDK's defaults wait
+    minutes for a dead service): retries, backoff and the breaker are the caller's."""
+    url = f"{pc_settings.Settings.get().sas_url}/{account}/{container}"
+    if fresh:
+        pc_sas.TOKEN_CACHE.pop(url, None)
+    try:
+        return pc_sas.get_token(account, container, retry_total=0)
+    except requests.RequestException as error:
+        raise token_failure(error, url) from None
+
+
+def token_failure(error: requests.RequestException, url: str) -> ReadFailure:
+    """The `ReadFailure` for a token request that failed."""
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    # the SDK's retry settings turn a 429/5xx answer into "too many 503 error responses"
+    if status is None and (found := re.search(r"too many (\d{3}) error", str(error))):
+        status = int(found.group(1))
+    if status is not None:
+        transient = status == 429 or status >= 500
+        return ReadFailure(
+            f"could not get a SAS token from {url}: HTTP {status}",
+            f"token HTTP {status}",
+            retry=transient,
+            fix="the token service is down or throttling; try again later (the build resumes)"
+            if transient
+            else "is PC_SDK_SAS_URL (or PC_SDK_SUBSCRIPTION_KEY) right?",
+        )
+    text = str(error)
+    if isinstance(error, requests.ConnectionError) and "refused" in text.lower():
+        reason = "connection refused"
+    elif "resolve" in text.lower() or "Name or service" in text:
+        reason = "name not resolved"
+    elif isinstance(error, requests.Timeout):
+        reason = "timed out"
+    else:
+        reason = type(error).__name__
+    return ReadFailure(
+        f"could not get a SAS token from {url}: {reason}",
+        f"token {reason}",
+        fix="is PC_SDK_SAS_URL right?",
+    )
 
 
 def _apply_filter(

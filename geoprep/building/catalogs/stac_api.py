@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import geopandas as gpd
 import numpy as np
@@ -25,9 +28,11 @@ from geoprep.building.catalogs.base import (
     merge_windows,
     needs_cloud_filter,
 )
+from geoprep.building.faults import DEFAULT_RETRY, RetryPolicy
 from geoprep.core.errors import SourceError, UserError
 from geoprep.recipe.sections import CatalogSpec
 
+T = TypeVar("T")
 # The package's logger, whichever backend logs: verbose output names geoprep.building.catalogs.
 log = logging.getLogger(__package__)
 
@@ -65,6 +70,7 @@ class StacApiCatalog(Catalog):
         retries: int = 6,
         backoff_factor: float = 1.0,
         timeout: float = 120.0,
+        pages: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         super().__init__(spec)
         if tile_degrees <= 0:
@@ -75,38 +81,67 @@ class StacApiCatalog(Catalog):
         self.timeout = timeout
         self._client: Client | None = None
         self._has_cloud: dict[str, bool] = {}
-        self._collections: set[str] = set()
+        self._collections: dict[str, pystac.Collection] = {}
+        self.pages = pages
 
     @property
     def client(self) -> Client:
         if self._client is None:
             retry = Retry(
                 total=self.retries,
+                connect=1,  # an API that is not there is reported, not waited for
                 backoff_factor=self.backoff_factor,
                 status_forcelist=(429, 500, 502, 503, 504),
                 allowed_methods=None,  # searches are POSTs, which urllib3 does not retry by default
                 raise_on_status=False,  # the last answer reaches pystac-client, which reports it
             )
             stac_io = StacApiIO(max_retries=retry, timeout=self.timeout)
-            try:
-                self._client = Client.open(self.spec.url, stac_io=stac_io)
-            except APIError as error:
-                raise SourceError(f"STAC API {self.spec.url} did not open: {error}") from None
+            self._client = self._retried(
+                lambda: Client.open(self.spec.url, stac_io=stac_io), "did not open"
+            )
         return self._client
 
-    def _check_collection(self, collection: str) -> None:
+    def _retried(self, request: Callable[[], T], what: str) -> T:
+        """`request()`, again after answers that were cut short or did not parse (urllib3
+        retries statuses, but not a body that breaks off), with backoff; then a SourceError."""
+        for attempt in range(self.pages.attempts):
+            try:
+                return request()
+            except (APIError, pystac.STACError, ValueError) as error:
+                status = getattr(error, "status_code", None)
+                last = attempt == self.pages.attempts - 1
+                # statuses were retried by urllib3 already (`retries`)
+                if last or status is not None:
+                    raise SourceError(
+                        f"STAC API {self.spec.url}: {what}"
+                        f"{f' with HTTP {status}' if status else ''}: {str(error)[:300]}"
+                        f"{'' if status else '; is the catalog url right?'}"
+                    ) from None
+                log.debug("STAC API %s: %s (%s); retrying", self.spec.url, what, error)
+                time.sleep(self.pages.pause(attempt))
+        raise AssertionError("unreachable")
+
+    def _collection(self, collection: str) -> pystac.Collection:
         # A search of a collection the API lacks finds nothing, which would look like no imagery.
-        if collection in self._collections:
-            return
-        try:
-            found = self.client.get_collection(collection)  # None when the API answers 404
-        except APIError as error:
-            raise SourceError(
-                f"STAC API {self.spec.url}: collection {collection}: {error}"
-            ) from None
-        if found is None:
-            raise UserError(f"collection {collection!r} is not in the STAC API {self.spec.url}")
-        self._collections.add(collection)
+        if collection not in self._collections:
+            found = self._retried(  # None when the API answers 404
+                lambda: self.client.get_collection(collection), f"collection {collection}"
+            )
+            if found is None:
+                raise UserError(f"collection {collection!r} is not in the STAC API {self.spec.url}")
+            self._collections[collection] = found
+        return self._collections[collection]
+
+    def asset_names(self, collection: str) -> set[str] | None:
+        found = self._collection(collection)
+        declared = getattr(found, "item_assets", None) or found.extra_fields.get("item_assets")
+        if declared:
+            return set(declared)
+        first = self._retried(
+            lambda: list(self.client.search(collections=[collection], max_items=1).items()),
+            f"first item of {collection}",
+        )
+        return set(first[0].assets) if first else None
 
     def has_cloud_cover(self, collection: str) -> bool:
         """Whether a cloud-cover filter can be sent for `collection` (see the class docstring)."""
@@ -129,7 +164,7 @@ class StacApiCatalog(Catalog):
         max_cloud_cover: float | None,
         extra_filter: dict[str, Any] | None,
     ) -> dict[str, list[pystac.Item]]:
-        self._check_collection(collection)
+        self._collection(collection)
         clauses = [] if extra_filter is None else [extra_filter]
         if needs_cloud_filter(max_cloud_cover) and self.has_cloud_cover(collection):
             clauses.insert(0, cloud_filter(max_cloud_cover))
@@ -168,20 +203,17 @@ class StacApiCatalog(Catalog):
         options: dict[str, Any] = {}
         if server_filter is not None:
             options = {"filter": server_filter, "filter_lang": "cql2-json"}
-        try:
-            search = self.client.search(
-                collections=[collection],
-                bbox=bbox,
-                datetime=[start, end],
-                limit=self.spec.page_size,
-                **options,
-            )
-            items = list(search.items())
-        except APIError as error:
-            status = getattr(error, "status_code", None)
-            raise SourceError(
-                f"STAC API {self.spec.url}: search of {collection} in {bbox} failed"
-                f"{f' with HTTP {status}' if status else ''}: {str(error)[:300]}"
-            ) from None
+        search = functools.partial(
+            self.client.search,
+            collections=[collection],
+            bbox=bbox,
+            datetime=[start, end],
+            limit=self.spec.page_size,
+            **options,
+        )
+        # a page that breaks off restarts the search: pages are not numbered, only linked
+        items = self._retried(
+            lambda: list(search().items()), f"search of {collection} in {bbox} failed"
+        )
         log.debug("%s %s %s/%s: %d items", collection, bbox, start, end, len(items))
         return items

@@ -46,6 +46,10 @@ class StaticCatalog(Catalog):
             self._loaded[collection] = (items, footprint_frame(items))
         return self._loaded[collection]
 
+    def asset_names(self, collection: str) -> set[str] | None:
+        items, _ = self._load(collection)
+        return set(items[0].assets) if items else None
+
     def _find(
         self,
         points: gpd.GeoDataFrame,
