@@ -82,13 +82,13 @@ def test_nodata_pixels_become_zero(tmp_path: Path) -> None:
     assert out[0, 0, 0] == 0 and out[0, 0, 1] != 0
 
 
-def train_batches(root: Path, *, workers: int, rank: int = 0, world: int = 1, start=0, end=6):
-    stream = TrainStream(
+def train_stream(root: Path, *, workers: int, rank=0, world=1, start=0, end=6, split="train"):
+    return TrainStream(
         dataset_urls(str(root)),
         ImageStack(Normalization(ALL, [0.0] * 8, [1.0] * 8, "t")),
         identity_views,
         batch_size=4,
-        split="train",
+        split=split,
         seed=7,
         start=start,
         end=end,
@@ -97,8 +97,11 @@ def train_batches(root: Path, *, workers: int, rank: int = 0, world: int = 1, st
         rank=rank,
         world=world,
     )
-    loader = DataLoader(stream, batch_size=None, num_workers=workers)
-    return list(loader)
+
+
+def train_batches(root: Path, *, workers: int, **kwargs) -> list[dict]:
+    stream = train_stream(root, workers=workers, **kwargs)
+    return list(DataLoader(stream, batch_size=None, num_workers=workers))
 
 
 def test_training_batches_hold_only_the_train_split(tiny_dataset: Path) -> None:
@@ -151,16 +154,6 @@ def test_a_resumed_stream_continues_exactly(tiny_dataset: Path) -> None:
 def test_no_sample_of_the_split_is_a_clear_error(tiny_dataset: Path) -> None:
     from geoprep import UserError
 
-    stream = TrainStream(
-        dataset_urls(str(tiny_dataset)),
-        ImageStack(Normalization(ALL, [0.0] * 8, [1.0] * 8, "t")),
-        identity_views,
-        batch_size=2,
-        split="nosuch",
-        seed=0,
-        start=0,
-        end=1,
-        workers=1,
-    )
+    stream = train_stream(tiny_dataset, workers=1, split="nosuch")
     with pytest.raises(UserError, match="no sample of split 'nosuch'"):
         next(iter(stream))
