@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -65,8 +66,11 @@ def naip_box(world: Path, inset_m: float = NAIP_INSET_M) -> list[float]:
     to_lonlat = Transformer.from_crs(cover["epsg"], 4326, always_xy=True)
     lons, lats = to_lonlat.transform([west, west, east, east], [south, north, south, north])
     # the largest lon/lat box inside the (slightly rotated) UTM square
-    box = [max(lons[:2]), max(lats[0], lats[2]), min(lons[2:]), min(lats[1], lats[3])]
-    return [round(v, 6) for v in box]
+    west, south = max(lons[:2]), max(lats[0], lats[2])
+    east, north = min(lons[2:]), min(lats[1], lats[3])
+    # rounded inwards, so the box stays inside
+    return [math.ceil(west * 1e6) / 1e6, math.ceil(south * 1e6) / 1e6,
+            math.floor(east * 1e6) / 1e6, math.floor(north * 1e6) / 1e6]  # fmt: skip
 
 
 def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]:
