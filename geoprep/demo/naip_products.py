@@ -38,6 +38,7 @@ def render_naip(
 ) -> np.ndarray:
     """Reflectance (R, G, B, NIR) the NAIP camera records on ``grid`` at ``when``."""
     shift = rng.uniform(-MAX_SHIFT, MAX_SHIFT, 2)
+    gain = _flight_lines(grid, rng)
     t = grid.transform
     rows, cols = grid.shape
     out = np.empty((len(NAIP_BANDS), rows, cols), np.float32)
@@ -50,10 +51,9 @@ def render_naip(
             (last - first, cols),
         )
         reflect = Surface(truth, aoi, when.year, strip, lat).reflectance(when, NAIP_BANDS)
-        core = min(STRIP_ROWS, rows - top)
-        out[:, top : top + core] = reflect[:, top - first : top - first + core]
-    out *= _flight_lines(grid, rng)
-    out += rng.normal(0.0, NAIP_NOISE, out.shape).astype(np.float32)
+        core = out[:, top : top + STRIP_ROWS]
+        core[:] = reflect[:, top - first : top - first + core.shape[1]] * gain
+        core += NAIP_NOISE * rng.standard_normal(core.shape, np.float32)
     return out
 
 

@@ -119,9 +119,10 @@ def noise(grid: Grid, cell: float, salt: int) -> np.ndarray:
     lx = np.arange(ix.min(), ix.max() + 2)
     ly = np.arange(iy.min(), iy.max() + 2)
     lattice = _hash(salt, lx[None, :], ly[:, None])
-    jx, jy = (ix - lx[0])[None, :], (iy - ly[0])[:, None]
-    top = lattice[jy, jx] + (lattice[jy, jx + 1] - lattice[jy, jx]) * ux
-    bottom = lattice[jy + 1, jx] + (lattice[jy + 1, jx + 1] - lattice[jy + 1, jx]) * ux
+    jx, jy = ix - lx[0], iy - ly[0]
+    # bilinear is separable: along x on the few lattice rows, then whole rows along y
+    across = lattice[:, jx] + (lattice[:, jx + 1] - lattice[:, jx]) * ux
+    top, bottom = across[jy], across[jy + 1]
     return (top + (bottom - top) * uy) * 2 - 1
 
 
