@@ -38,6 +38,9 @@ class CSFConfig(Strict):
     # Paper: the last two residual stages, the last weighted twice. Code: 1:1.
     layer_weights: dict[Literal["layer3", "layer4"], float] = {"layer3": 1.0, "layer4": 2.0}
     temperature: float = Field(0.1, gt=0.0)
+    # Paper and code: φ = plain dot product of the flattened maps. "cosine" L2-normalises them
+    # first (not in the paper; bounded logits for small batches and short runs).
+    similarity: Literal["dot", "cosine"] = "dot"
     dropout: ChannelDropout = ChannelDropout()
     # Paper: "randomly crop away 32 pixels" of 160 px tiles. `crop_fraction` (0-1) instead sizes
     # the crop relative to the patch (32/160 = 0.2) for smaller patches; 0 disables cropping.

@@ -7,7 +7,8 @@ Two streams share one reader:
   the DataLoader workers. Batch `b` of a rank always comes from stream `b mod workers` of that
   rank and its views are drawn from a generator seeded by (seed, rank, b): a run resumed at step
   `s` replays each stream's raw records up to its position (reading, not decoding them) and
-  continues exactly where the interrupted run was, as long as the worker count is unchanged.
+  continues exactly where the interrupted run was, as long as the worker count is unchanged
+  (and no sample was skipped as damaged: a skipped record shifts the replay by one).
 - `SampleStream`: every sample once (evaluation, statistics), shards split disjointly over
   ranks and workers.
 

@@ -78,7 +78,8 @@ def embed(
             raise UserError(f"--bands {unknown}: not bands of this encoder; it has {known}")
     present = [b in bands for b in known] if bands else None
     fields = ImageStack(first.normalization, first.config.data.slot)
-    stream = SampleStream(dataset_urls(source), fields, max_member_bytes=2**30)
+    limit = first.config.data.max_member_bytes
+    stream = SampleStream(dataset_urls(source), fields, max_member_bytes=limit)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
     feats: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
     labels: list[str] = []

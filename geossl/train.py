@@ -269,7 +269,8 @@ class TextProgress(Callback):
         step = trainer.global_step
         if trainer.is_global_zero and (step % self.every == 0 or step == self.total):
             metrics = trainer.callback_metrics
-            parts = [f"{k} {float(metrics[k]):.4g}" for k in ("loss", "accuracy", "samples_per_s")]
+            keys = ("loss", "accuracy", "samples_per_s")
+            parts = [f"{k} {float(metrics[k]):.4g}" for k in keys if k in metrics]
             print(f"step {step}/{self.total}  " + "  ".join(parts), file=sys.stderr, flush=True)
 
 
@@ -284,6 +285,8 @@ def quiet_lightning() -> None:
     # TrainStream defines __len__ per rank and assigns its own streams to workers
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    # a resumed run writes into its own checkpoint directory on purpose
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def trainer_for(config: TrainConfig, run: Path) -> L.Trainer:

@@ -148,21 +148,28 @@ class _Ground:
                 layers.append(("traffic", 0.2))
         return cls, name, layers
 
-    def spot(self, year: int, wanted: str, rng: np.random.Generator):
-        """A random (x, y) with the soundscape ``wanted``; None if there is none."""
+    def spot(self, year: int, wanted: str, rng: np.random.Generator, central: bool = False):
+        """A random (x, y) with the soundscape ``wanted``; None if there is none. ``central``:
+        the one nearest the AOI's centre of a dozen such spots (under the NAIP imagery)."""
         feats = self.by_year[year]
         if wanted == "other":
             areas = [box(*self.aoi.bounds_utm).buffer(-30)]
         else:
             cls = "water" if wanted == "river" else wanted
             areas = list(feats.geometry[feats["cls"] == cls])
+        found: list[tuple[float, float]] = []
         for _ in range(300 if areas else 0):
             area = areas[int(rng.integers(len(areas)))]
             west, south, east, north = area.bounds
             x, y = rng.uniform(west, east), rng.uniform(south, north)
             if area.contains(Point(x, y)) and self.soundscape(year, x, y)[1] == wanted:
-                return x, y
-        return None
+                found.append((x, y))
+                if not central or len(found) == 12:
+                    break
+        if not found:
+            return None
+        centre = box(*self.aoi.bounds_utm).centroid
+        return min(found, key=lambda xy: Point(xy).distance(centre)) if central else found[0]
 
 
 class _Planner:
@@ -185,12 +192,12 @@ class _Planner:
         last = calendar.monthrange(year, month)[1]
         return dt.date(year, month, int(self.rng.integers(1, last + 1)))
 
-    def item(self, aoi: Aoi, wanted: str, seconds: float, rate: int, channels: int):
+    def item(self, aoi: Aoi, wanted: str, seconds: float, rate: int, channels: int, central=False):
         """A recording of ``wanted`` land cover in ``aoi``; None if there is none to visit."""
         rng, ground = self.rng, self.grounds[aoi.name]
         for _ in range(4):  # another year, if the class is missing in the one drawn
             day = self.date()
-            spot = ground.spot(day.year, wanted, rng)
+            spot = ground.spot(day.year, wanted, rng, central)
             if spot is not None:
                 break
         else:
@@ -256,7 +263,8 @@ class _Planner:
             aoi = next((a for a in aois if abs(np.mean(a.bounds_lonlat[0::2])) > 90), aois[0])
         else:
             aoi = aois[where % len(aois)]
-        item = self.item(aoi, wanted, seconds, 22_050, 1)
+        # the recording without coordinates is one a user can place on NAIP imagery
+        item = self.item(aoi, wanted, seconds, 22_050, 1, central=problem == "no_coordinates")
         if item is None:
             return None
         overrides: dict[str, Any] = {

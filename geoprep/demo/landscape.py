@@ -21,6 +21,8 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from geoprep.core.errors import UserError
+from geoprep.demo.rural import add_rural_details
+from geoprep.demo.shapes import blob, rect
 from geoprep.demo.truth import (
     ALWAYS_FROM,
     ALWAYS_TO,
@@ -96,23 +98,6 @@ class _Feature:
     valid_to: int = ALWAYS_TO
 
 
-def _blob(cx: float, cy: float, r: float, rng, roughness=0.25, aspect=1.0, angle=0.0) -> Polygon:
-    """A star-shaped polygon with a wobbly outline (always valid)."""
-    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    radius = np.ones_like(theta)
-    for k in range(2, 6):
-        radius += roughness / k * rng.uniform(0.3, 1.0) * np.cos(k * theta + rng.uniform(0, 6.3))
-    radius = r * np.clip(radius, 0.45, None)
-    shape = Polygon(np.column_stack([radius * np.cos(theta) * aspect, radius * np.sin(theta)]))
-    return affinity.translate(affinity.rotate(shape, angle), cx, cy)
-
-
-def _rect(cx: float, cy: float, along: float, across: float, angle: float) -> Polygon:
-    """A rectangle ``along`` long in direction ``angle`` (degrees) and ``across`` wide."""
-    shape = box(-along / 2, -across / 2, along / 2, across / 2)
-    return affinity.translate(affinity.rotate(shape, angle), cx, cy)
-
-
 class Landscape:
     """Lays out rivers, lakes, towns, fields ... in an AOI of ``side`` metres with ``rng``.
 
@@ -141,6 +126,7 @@ class Landscape:
             for _ in range(self.count(n)):
                 self._scatter(cls, radius, rough, aspect)
         self._quarry_into_forest()
+        add_rural_details(self)
         self._fields()
 
     def add(self, cls, geometry, occupy=False, valid_from=ALWAYS_FROM, valid_to=ALWAYS_TO):
@@ -194,11 +180,11 @@ class Landscape:
             ahead = line.interpolate(200 + spot * side + 5)
             angle = np.degrees(np.arctan2(ahead.y - here.y, ahead.x - here.x)) + 90
             if kind == "bridge":
-                shape = _rect(
+                shape = rect(
                     here.x, here.y, width + rng.uniform(25, 45), rng.uniform(12, 24), angle
                 )
             else:
-                shape = _rect(
+                shape = rect(
                     here.x, here.y, width + rng.uniform(60, 90), rng.uniform(22, 32), angle
                 )
             self.add(kind, shape)
@@ -208,7 +194,7 @@ class Landscape:
         radius = max(190.0, 520.0 * self.k) * rng.uniform(0.85, 1.15)
         lake = None
         for shrink in (1.0, 0.75, 0.55):  # crowded (tiny) AOIs get a smaller lake, not none
-            lake = self.place(lambda x, y, r=radius * shrink: _blob(x, y, r, rng, 0.25), 100)
+            lake = self.place(lambda x, y, r=radius * shrink: blob(x, y, r, rng, 0.25), 100)
             if lake is not None:
                 radius *= shrink
                 break
@@ -218,7 +204,7 @@ class Landscape:
         islands = []
         for _ in range(1 + int(rng.random() < 0.6)):
             angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.35) * radius
-            island = _blob(
+            island = blob(
                 centre.x + dist * np.cos(angle),
                 centre.y + dist * np.sin(angle),
                 rng.uniform(0.1, 0.17) * radius,
@@ -231,12 +217,12 @@ class Landscape:
         # a pond beside the lake makes the lake's polygon a true multipolygon
         angle = rng.uniform(0, 2 * np.pi)
         far = radius * 1.6 + 60
-        pond = _blob(centre.x + far * np.cos(angle), centre.y + far * np.sin(angle), 55, rng, 0.2)
+        pond = blob(centre.x + far * np.cos(angle), centre.y + far * np.sin(angle), 55, rng, 0.2)
         if self.free(pond, 20) and pond.distance(lake) > 15:
             lake = MultiPolygon([lake, pond])
         self.add("water", lake, occupy=True)
         for _ in range(self.count(2)):
-            pond = self.place(lambda x, y: _blob(x, y, rng.uniform(40, 90), rng, 0.3), margin=60)
+            pond = self.place(lambda x, y: blob(x, y, rng.uniform(40, 90), rng, 0.3), margin=60)
             if pond is not None:
                 self.add("water", pond, occupy=True)
         shore = Polygon(lake.geoms[0].exterior if isinstance(lake, MultiPolygon) else lake.exterior)
@@ -251,7 +237,7 @@ class Landscape:
             hit = min(getattr(hit, "geoms", [hit]), key=lambda p: p.distance(centre))
             length = rng.uniform(50, 110)
             middle = np.array(hit.coords[0]) - direction * (length / 2 - 15)
-            self.add("breakwater", _rect(*middle, length, rng.uniform(9, 14), angle))
+            self.add("breakwater", rect(*middle, length, rng.uniform(9, 14), angle))
 
     def _settlements(self) -> None:
         rng = self.rng
@@ -261,10 +247,10 @@ class Landscape:
         for number, (radius, population) in enumerate(towns):
             # the main town sits near the middle, so city-centred sampling stays in the AOI
             town = self.place(
-                lambda x, y, r=radius: _blob(x, y, r, rng, 0.3),
+                lambda x, y, r=radius: blob(x, y, r, rng, 0.3),
                 margin=80,
                 central=0.35 if number == 0 else 1.0,
-            ) or self.place(lambda x, y, r=radius: _blob(x, y, r, rng, 0.3), margin=80)
+            ) or self.place(lambda x, y, r=radius: blob(x, y, r, rng, 0.3), margin=80)
             if town is None:
                 continue
             self.add("built_up", town, occupy=True)
@@ -287,7 +273,7 @@ class Landscape:
             ring = towns_union.buffer(300).difference(towns_union.buffer(30))
             shape = self._inside(
                 ring,
-                lambda x, y: _rect(
+                lambda x, y: rect(
                     x, y, rng.uniform(70, 110), rng.uniform(50, 80), rng.uniform(0, 90)
                 ),
                 margin=30,
@@ -312,7 +298,7 @@ class Landscape:
         angle = rng.uniform(0, 180)
         for shrink in (1.0, 0.7, 0.5):  # crowded (tiny) AOIs get smaller patches, not none
             shape = self.place(
-                lambda x, y, r=size * shrink: _blob(x, y, r, rng, rough, aspect, angle),
+                lambda x, y, r=size * shrink: blob(x, y, r, rng, rough, aspect, angle),
                 margin=50 * shrink,
                 tries=100,
             )
@@ -330,7 +316,7 @@ class Landscape:
         if inner.is_empty:
             return
         spot = inner.representative_point()
-        pit = _blob(spot.x, spot.y, np.sqrt(forest.geometry.area / np.pi) * 0.45, self.rng, 0.2)
+        pit = blob(spot.x, spot.y, np.sqrt(forest.geometry.area / np.pi) * 0.45, self.rng, 0.2)
         pit = pit.intersection(inner)
         if pit.is_empty or pit.area < 2000:
             return
@@ -386,7 +372,7 @@ class Landscape:
         for _ in range(int(rng.integers(1, 4))):
             for _ in range(30):
                 x, y = corner + rng.uniform(-90, 90, 2)
-                shed = _rect(x, y, rng.uniform(25, 50), rng.uniform(14, 24), angle)
+                shed = rect(x, y, rng.uniform(25, 50), rng.uniform(14, 24), angle)
                 if inner.contains(shed):
                     self.add("farm_building", shed, valid_to=until)
                     break

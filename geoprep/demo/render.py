@@ -17,7 +17,8 @@ import numpy as np
 from rasterio.transform import Affine
 from scipy import ndimage
 
-from geoprep.demo.truth import CLASS_CODES, Truth
+from geoprep.demo.materials import mix_quarry, mix_rock, mix_structures, mix_water
+from geoprep.demo.truth import ALWAYS_FROM, CLASS_CODES, Truth
 
 #: Sentinel-2 bands (no B10) and their centre wavelengths in micrometres; every optical sensor
 #: of the demo world samples these (Landsat and NAIP bands map onto their nearest S2 band).
@@ -118,9 +119,10 @@ def noise(grid: Grid, cell: float, salt: int) -> np.ndarray:
     lx = np.arange(ix.min(), ix.max() + 2)
     ly = np.arange(iy.min(), iy.max() + 2)
     lattice = _hash(salt, lx[None, :], ly[:, None])
-    jx, jy = (ix - lx[0])[None, :], (iy - ly[0])[:, None]
-    top = lattice[jy, jx] + (lattice[jy, jx + 1] - lattice[jy, jx]) * ux
-    bottom = lattice[jy + 1, jx] + (lattice[jy + 1, jx + 1] - lattice[jy + 1, jx]) * ux
+    jx, jy = ix - lx[0], iy - ly[0]
+    # bilinear is separable: along x on the few lattice rows, then whole rows along y
+    across = lattice[:, jx] + (lattice[:, jx + 1] - lattice[:, jx]) * ux
+    top, bottom = across[jy], across[jy + 1]
     return (top + (bottom - top) * uy) * 2 - 1
 
 
@@ -167,6 +169,10 @@ class Surface:
         edges[:, 1:] |= self.fids[:, 1:] != self.fids[:, :-1]
         self.depth = ndimage.distance_transform_edt(~edges).astype(np.float32) * grid.res
         self._tables: dict[int, np.ndarray] = {}
+        # features that came with the land-cover change (a quarry being dug, new houses)
+        recent = truth.features.loc[truth.features["valid_from_year"] > ALWAYS_FROM, "fid"]
+        self._recent = np.zeros(int(self.fids.max()) + 2, bool)
+        self._recent[recent[recent <= self.fids.max()].to_numpy() + 1] = True
         g = grid
         self.fine = noise(g, 3.0, 1) + 0.5 * noise(g, 1.5, 2)  # crowns, rocks, glint
         self.mid = fbm(g, (12.0, 6.0), 3)
@@ -186,6 +192,10 @@ class Surface:
             self._tables[salt] = _hash(salt, np.arange(-1, size - 1))
         return self._tables[salt][self.at(name, self.fids) + 1]
 
+    def recent(self, name: str) -> np.ndarray:
+        """True at the pixels of class ``name`` whose feature came with the land-cover change."""
+        return self._recent[self.at(name, self.fids) + 1]
+
     def oriented(self, name: str, salt: int) -> tuple[np.ndarray, np.ndarray]:
         """Map coordinates along and across a per-feature direction, at class ``name``."""
         rows, cols = np.divmod(self.where[name], self.grid.shape[1])
@@ -193,7 +203,7 @@ class Surface:
         angle = self.param(name, salt) * np.pi
         return x * np.cos(angle) + y * np.sin(angle), -x * np.sin(angle) + y * np.cos(angle)
 
-    def _put(self, a: np.ndarray, name: str, subset=None, **parts) -> None:
+    def put(self, a: np.ndarray, name: str, subset=None, **parts) -> None:
         index = self.where[name] if subset is None else self.where[name][subset]
         for endmember, value in parts.items():
             if isinstance(value, np.ndarray) and subset is not None:
@@ -203,26 +213,14 @@ class Surface:
     def _mix_static(self) -> None:
         """Classes whose look does not follow the seasons."""
         a, res = self.static, self.grid.res
-        # water: calm and dark, a little wind texture and sun glint specks
-        glint = np.clip(self.at("water", self.fine) - 0.85, 0, 1) * 2.0
-        self._put(a, "water", water=0.97 + 0.03 * self.at("water", self.coarse), metal=glint)
-        # bare rock: rough at every scale
-        f, m, c = (self.at("bare_rock", layer) for layer in (self.fine, self.mid, self.coarse))
-        self._put(a, "bare_rock", rock=np.clip(0.8 + 0.35 * f + 0.3 * m + 0.2 * c, 0.2, 1.5))
-        # quarry: benches every 14 m down from the rim, shadowed faces, a pond at the bottom
-        depth = self.at("quarry", self.depth)
-        bench = ((depth % 14.0) < 9.0).astype(np.float32)
-        self._put(
-            a, "quarry", rock=0.55 + 0.4 * bench + 0.1 * self.at("quarry", self.fine), soil=0.2
-        )
-        self._put(a, "quarry", depth > 60, water=0.9, rock=0.05, soil=0.0)
+        mix_water(self, a)
+        mix_rock(self, a)
+        mix_quarry(self, a)
         # golf: irrigated turf with mowing stripes; sand bunkers and tree clumps in the rough
         along, _ = self.oriented("golf_course", 11)
-        self._put(a, "golf_course", leaf=0.75 + 0.1 * _stripes(along, 14.0, res), straw=0.1)
-        self._put(
-            a, "golf_course", self.at("golf_course", self.mid) > 0.55, concrete=0.9, leaf=0.05
-        )
-        self._put(
+        self.put(a, "golf_course", leaf=0.75 + 0.1 * _stripes(along, 14.0, res), straw=0.1)
+        self.put(a, "golf_course", self.at("golf_course", self.mid) > 0.55, concrete=0.9, leaf=0.05)
+        self.put(
             a, "golf_course", self.at("golf_course", self.coarse) < -0.45, leaf=0.5, straw=0.05
         )
         # built-up (all but the gardens): streets in an oriented grid, roofs of three kinds
@@ -234,16 +232,16 @@ class Surface:
         )
         roof = _hash(13, lots)
         built, self.garden = (1 - street) * (roof > 0.3), (1 - street) * (roof <= 0.3)
-        self._put(a, "built_up", asphalt=street * 0.9 + built * (roof < 0.5) * 0.7)
-        self._put(a, "built_up", soil=self.garden * 0.3, tile=built * (roof >= 0.5) * 0.45)
-        self._put(a, "built_up", concrete=built * (roof >= 0.5) * (0.45 + 0.5 * (roof > 0.88)))
+        self.put(a, "built_up", asphalt=street * 0.9 + built * (roof < 0.5) * 0.7)
+        self.put(a, "built_up", soil=self.garden * 0.3, tile=built * (roof >= 0.5) * 0.45)
+        self.put(a, "built_up", concrete=built * (roof >= 0.5) * (0.45 + 0.5 * (roof > 0.88)))
         self.street = np.zeros(self.classes.size, np.float32)
         self.street[self.where["built_up"]] = street
         # stadium: a bright roof ring of stands around a grass pitch and a running track
         depth = self.at("stadium", self.depth)
         along, _ = self.oriented("stadium", 11)
         pitch = (depth >= 38) * (0.8 + 0.1 * _stripes(along, 10.0, res))
-        self._put(
+        self.put(
             a,
             "stadium",
             metal=(depth < 28) * 0.9,
@@ -253,13 +251,9 @@ class Surface:
         # substation: gravel yard with steel pylons and busbars in a regular lattice
         along, across = self.oriented("substation", 11)
         pylons = _stripes(along, 8.0, res) * _stripes(across, 8.0, res)
-        self._put(a, "substation", rock=0.6, metal=0.35 * pylons, asphalt=0.15)
-        self._put(a, "farm_building", metal=0.75, tile=0.2)
-        self._put(a, "bridge", concrete=0.55, asphalt=0.45)
-        self._put(a, "dam", concrete=0.95, water=0.05)
-        self._put(
-            a, "breakwater", rock=0.75 + 0.3 * self.at("breakwater", self.fine), concrete=0.15
-        )
+        mix_structures(self, a, pylons)
+        self.put(a, "bridge", concrete=0.55, asphalt=0.45)
+        self.put(a, "breakwater", rock=0.75 + 0.3 * self.at("breakwater", self.fine), concrete=0.15)
         # inputs of the seasonal recipes that do not depend on the date
         along, _ = self.oriented("farmland", 11)
         self.crop = self.param("farmland", 21)
@@ -268,7 +262,9 @@ class Surface:
         self.stubble = np.where(self.param("farmland", 22) < 0.5, 0.6, 0.1)
         self.evergreen = self.param("forest", 31) < 0.4
         crowns = 0.55 + 0.35 * self.at("forest", self.fine) + 0.2 * self.at("forest", self.mid)
-        self.crowns = np.clip(crowns, 0.1, 1.0)
+        # stands range from closed canopy to open woodland with grass between the trees
+        openness = 0.45 * (1 - self.param("forest", 32))
+        self.crowns = np.clip(crowns, 0.1, 1.0) * (crowns > openness)
 
     def reflectance(self, when: dt.date, bands: tuple[str, ...] = tuple(BANDS)) -> np.ndarray:
         """Surface reflectance (bands, rows, cols) float32 on the surface's grid at ``when``."""
@@ -278,7 +274,7 @@ class Surface:
         # meadow and verges: vigour follows the season, patchy at tens of metres
         patches = 0.15 * self.at("other", self.coarse) + 0.05 * self.at("other", self.mid)
         veg = np.clip(0.35 + 0.45 * green + patches, 0.05, 0.95)
-        self._put(a, "other", leaf=veg, straw=(1 - veg) * 0.7, soil=(1 - veg) * 0.3)
+        self.put(a, "other", leaf=veg, straw=(1 - veg) * 0.7, soil=(1 - veg) * 0.3)
         # fields: summer crop, winter crop, hay or fallow per field, rows and tramlines inside
         crop = self.crop
         vigour = np.where(
@@ -288,11 +284,11 @@ class Surface:
         patchy = 0.05 * self.at("farmland", self.coarse)
         vigour = np.clip(vigour * (0.9 + 0.1 * self.tramlines) + patchy, 0, 0.97)
         stubble = self.stubble * (1 - vigour)
-        self._put(a, "farmland", leaf=vigour, straw=stubble, soil=1 - vigour - stubble)
+        self.put(a, "farmland", leaf=vigour, straw=stubble, soil=1 - vigour - stubble)
         # forest: bright crowns and dark gaps; deciduous stands lose their leaves in winter
         canopy = np.where(self.evergreen, 0.8, 0.25 + 0.6 * green) * self.crowns
-        self._put(a, "forest", leaf=canopy * 0.75, straw=(1 - canopy) * 0.35, soil=0.1)
-        self._put(a, "built_up", leaf=self.garden * (0.3 + 0.5 * green) + 0.05)
+        self.put(a, "forest", leaf=canopy * 0.75, straw=(1 - canopy) * 0.35, soil=0.1)
+        self.put(a, "built_up", leaf=self.garden * (0.3 + 0.5 * green) + 0.05)
         order = list(BANDS)
         spectra = np.asarray(
             [[ENDMEMBERS[e][order.index(b)] for b in bands] for e in _E], np.float32

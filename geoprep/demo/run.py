@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyproj import Transformer
 from rich.table import Table
 
+from geoprep.core.errors import UserError
 from geoprep.core.progress import console, progress_bar
 from geoprep.demo.servers import WorldServices, serve_world
 
@@ -22,6 +25,9 @@ log = logging.getLogger(__name__)
 PLAN_RECIPES = ("urban", "osm-csf12")
 BUILD_RECIPES = ("csf", "caco", "csf-osm-eval", "aporee", "fmow", "fmow-sentinel")
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "demo"
+#: Metres kept between the CSF sets' locations and the edge of the NAIP imagery: more than
+#: half their 96 m patches.
+NAIP_INSET_M = 60.0
 
 
 @dataclass
@@ -47,6 +53,26 @@ def ensure_world(world: Path, seed: int = 0, scale: str = "small") -> None:
     console.print(f"demo world: built in {time.perf_counter() - started:.0f} s")
 
 
+def naip_box(world: Path, inset_m: float = NAIP_INSET_M) -> list[float]:
+    """[west, south, east, north] in lon/lat inside the world's NAIP coverage, ``inset_m``
+    metres in from its edges so a patch centred anywhere in the box lies on the imagery."""
+    parts = json.loads((world / "world.json").read_text())["parts"]
+    coverage = parts["imagery"].get("naip_coverage")
+    if not coverage:
+        raise UserError(f"{world} has no NAIP coverage; rebuild it with `geoprep demo-world`")
+    (cover,) = coverage.values()  # NAIP flies over the one US AOI
+    west, south, east, north = cover["bounds"]
+    west, south, east, north = west + inset_m, south + inset_m, east - inset_m, north - inset_m
+    to_lonlat = Transformer.from_crs(cover["epsg"], 4326, always_xy=True)
+    lons, lats = to_lonlat.transform([west, west, east, east], [south, north, south, north])
+    # the largest lon/lat box inside the (slightly rotated) UTM square
+    west, south = max(lons[:2]), max(lats[0], lats[2])
+    east, north = min(lons[2:]), min(lats[1], lats[3])
+    # rounded inwards, so the box stays inside
+    return [math.ceil(west * 1e6) / 1e6, math.ceil(south * 1e6) / 1e6,
+            math.floor(east * 1e6) / 1e6, math.floor(north * 1e6) / 1e6]  # fmt: skip
+
+
 def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]:
     """`--set` overrides that point a demo recipe at this world and its served stand-ins."""
     truth = world / "truth"
@@ -55,7 +81,14 @@ def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]
         overrides += [f"sampler.within={truth / 'aois.geojson'}"]
     if name in ("urban", "caco", "csf"):
         overrides += [f"sampler.cities={truth / 'cities.csv'}"]
-    if name in ("osm-csf12", "csf-osm-eval"):
+    if name == "csf":
+        overrides += [f"sampler.bounds={json.dumps(naip_box(world))}"]
+    if name == "csf-osm-eval":  # the classes of the NAIP coverage, imaged like the CSF set
+        overrides += [
+            f"sampler.endpoint={services.overpass_url}",
+            f"sampler.bboxes={json.dumps([naip_box(world)])}",
+        ]
+    if name == "osm-csf12":
         aois = json.loads((truth / "aois.geojson").read_text())["features"]
         bboxes = [f["properties"]["bounds_lonlat"] for f in aois]
         overrides += [

@@ -30,7 +30,7 @@ from geoprep.demo.aporee_world import aporee_part
 from geoprep.demo.fmow_world import fmow_part
 from geoprep.demo.landsat_products import write_landsat
 from geoprep.demo.landscape import build_truth
-from geoprep.demo.naip_products import NAIP_BANDS, write_naip
+from geoprep.demo.naip_products import render_naip, write_naip
 from geoprep.demo.osm_world import osm_part
 from geoprep.demo.products import Scene, Shot
 from geoprep.demo.render import Grid, Sky, Surface
@@ -56,8 +56,10 @@ class ImagingPlan:
     s2_seasons: tuple[str, ...]
     landsat_seasons: tuple[str, ...]
     s1_seasons: tuple[str, ...]
-    naip_years: tuple[int, ...]
-    naip_side: float  # metres; NAIP covers a centred sub-square of the US AOI
+    naip_years: tuple[int, ...]  # among ``years``, so every flight has satellite scenes near it
+    # metres; NAIP covers a centred sub-square of the US AOI (all of it at the small scale, so
+    # the CSF demo sets have room for a thousand patches that barely overlap)
+    naip_side: float
     # Sentinel-2 passes per season, ten days apart: cloud regimes differ between them, so a
     # builder has a clear scene to fall back on when the best-dated one is cloudy.
     s2_revisits: int = 1
@@ -70,16 +72,16 @@ PLANS = {
         s2_seasons=("spring", "summer"),
         landsat_seasons=("summer",),
         s1_seasons=("summer",),
-        naip_years=(2019, 2021),
-        naip_side=480,
+        naip_years=(2019, 2022),
+        naip_side=960,
     ),
     "small": ImagingPlan(
         years=(2019, 2022),
         s2_seasons=ALL_SEASONS,
         landsat_seasons=ALL_SEASONS,
         s1_seasons=("spring", "autumn"),
-        naip_years=(2019, 2021),
-        naip_side=1920,
+        naip_years=(2019, 2022),
+        naip_side=5760,
         s2_revisits=2,
     ),
     "full": ImagingPlan(
@@ -88,7 +90,7 @@ PLANS = {
         landsat_seasons=ALL_SEASONS,
         s1_seasons=ALL_SEASONS,
         naip_years=(2019, 2021),
-        naip_side=3840,
+        naip_side=5760,
         s2_revisits=3,
     ),
 }
@@ -349,6 +351,7 @@ class _AoiPlanner:
             "cm": "100",
             "block": quad[:5],
             "side": min(self.plan.naip_side, self.aoi.side),
+            "noise_seed": int(r.integers(1 << 62)),
         }
         when = dt.datetime(year, day.month, day.day, 16, tzinfo=dt.UTC)
         return Shot("naip", self.aoi.name, "summer", when, Sky(0), meta)
@@ -378,6 +381,7 @@ def imagery_part(ctx: PartContext) -> dict:
     shots = plan_shots(truth, ctx.scale, ctx.rng)
     ctx.progress.set_total(len(shots))
     scenes: list[Scene] = []
+    coverage: dict[str, dict] = {}
     for aoi, site in zip(truth.aois, SITES, strict=True):
         canvas = _canvas(aoi)
         mine = [s for s in shots if s.aoi == aoi.name]
@@ -405,14 +409,19 @@ def imagery_part(ctx: PartContext) -> dict:
                     ctx.progress.advance()
         for shot in (s for s in mine if s.collection == "naip"):
             grid = _naip_grid(aoi, shot.meta["side"])
-            surface = Surface(truth, aoi.name, shot.when.year, grid, site.lat)
-            reflect = surface.reflectance(shot.when.date(), NAIP_BANDS)
+            coverage[aoi.name] = {"epsg": grid.crs, "bounds": list(grid.bounds)}
+            flight = np.random.default_rng(shot.meta["noise_seed"])
+            reflect = render_naip(truth, aoi.name, grid, shot.when.date(), site.lat, flight)
             scenes.append(write_naip(shot, grid, reflect, blobs))
             ctx.progress.advance()
     scenes.sort(key=lambda s: (s.collection, s.datetime, s.id))
     ctx.shared["scenes"] = scenes
     counts = Counter(s.collection for s in scenes)
-    return {"scenes": dict(sorted(counts.items())), "files": sum(len(s.assets) for s in scenes)}
+    return {
+        "scenes": dict(sorted(counts.items())),
+        "files": sum(len(s.assets) for s in scenes),
+        "naip_coverage": coverage,
+    }
 
 
 def stac_part(ctx: PartContext) -> dict:

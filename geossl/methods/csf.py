@@ -40,9 +40,14 @@ def channel_dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> to
     return x * keep.to(x.dtype) / (1.0 - p)
 
 
-def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, cosine: bool = False
+) -> torch.Tensor:
     """Symmetric InfoNCE of flattened maps: mean −log softmax diagonal, rows plus columns."""
-    s = (z1.flatten(1).float() @ z2.flatten(1).float().T) / temperature
+    z1, z2 = z1.flatten(1).float(), z2.flatten(1).float()
+    if cosine:
+        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    s = (z1 @ z2.T) / temperature
     target = torch.arange(s.shape[0], device=s.device)
     return F.cross_entropy(s, target) + F.cross_entropy(s.T, target)
 
@@ -131,7 +136,8 @@ class CSF(Method):
             z1, z2 = maps1[layer].flatten(1), maps2[layer].flatten(1)
             if self.csf.global_negatives:
                 z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
-            layer_loss = info_nce(z1, z2, self.csf.temperature)
+            cosine = self.csf.similarity == "cosine"
+            layer_loss = info_nce(z1, z2, self.csf.temperature, cosine)
             total = total + weight * layer_loss
             metrics[f"loss_{layer}"] = layer_loss.detach()
             with torch.no_grad():

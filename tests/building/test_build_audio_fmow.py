@@ -371,7 +371,8 @@ def test_one_gassl_sample_per_location_with_its_images_in_time_order(gassl, serv
 
 def test_sentinel2_at_the_fmow_timestamps(services, tmp_path):
     """fMoW-Sentinel: a scene within 60 days of every image; the tiny world has four S2 dates
-    per AOI (April and July of 2019 and 2022), so no location's dates are all matched."""
+    per AOI (April and July of 2019 and 2022), so only a location whose every image falls
+    near one of them becomes a sample."""
     world = services.world_dir
     recipe = gassl_recipe(world).model_dump(mode="json")
     del recipe["fmow_images"]
@@ -380,18 +381,21 @@ def test_sentinel2_at_the_fmow_timestamps(services, tmp_path):
         "time": {"mode": "timestamps", "column": "images", "window_days": 60},
     }
     summary = build(validate_recipe(recipe), str(tmp_path / "out"), io_threads=4)
-    assert summary.samples == 0
-    assert summary.failures == {"no_clear_scene": 2, "no_scene": 9}
+    truth = fmow_truth(world)
+    # the stadium's one image is of mid-April 2022, days from the April 2022 pass
+    assert truth["fmow-train-stadium_0"]["timestamps"][0].startswith("2022-04")
+    assert summary.samples == 1
+    assert summary.failures == {"no_scene": 10}
     failed = {
         entry["id"]: entry["detail"]
         for path in sorted((tmp_path / "out" / "shards").glob("*_stats.json"))
         for entry in json.loads(path.read_text())["failed"]
     }
-    assert sorted(failed) == sorted(fmow_truth(world))
-    # its images are of 2019-04-29, 2019-07-31 and 2020-09-22: the first is matched by the scene
-    # of 2019-04-16, the second only by the cloudy one of 2019-07-04, the third by none
-    assert failed["fmow-train-crop_field_0"].startswith("s2 t1: 1 scenes tried")
-    assert "S2B_MSIL2A_20190704T005048" in failed["fmow-train-crop_field_0"]
+    assert sorted(failed) == sorted(set(truth) - {"fmow-train-stadium_0"})
+    first = truth["fmow-train-crop_field_0"]["timestamps"][0]
+    assert failed["fmow-train-crop_field_0"] == "s2 t0: no scene in the window", first
+    (sample,) = open_dataset(str(tmp_path / "out"))
+    assert sample.key == "fmow-train-stadium_0"
     assert (tmp_path / "out" / "categories.json").exists()
 
 

@@ -313,9 +313,16 @@ def test_memory_root_with_its_own_rows_and_with_rows_of_another_copy(memory_root
 
 
 @pytest.fixture
-def stadium_copy(tmp_path, fmow_root) -> tuple[Path, dict]:
-    source = fmow_root / "train" / "stadium" / "stadium_0"
-    shutil.copytree(source, tmp_path / "train" / "stadium" / "stadium_0")
+def three_image_copy(tmp_path, fmow_root, rows) -> tuple[Path, dict]:
+    """A copy of the first training location (by category, name) with three images."""
+    three = sorted(
+        (row["label"], name)
+        for name, row in rows.items()
+        if row["n_images"] == 3 and (fmow_root / "train" / row["label"] / name).is_dir()
+    )
+    assert three, "the tiny world has a training location with three images"
+    category, name = three[0]
+    shutil.copytree(fmow_root / "train" / category / name, tmp_path / "train" / category / name)
     (row,) = sample_rows(str(tmp_path), splits=("train",))
     assert row["n_images"] == 3
     return tmp_path, row
@@ -331,8 +338,8 @@ def stadium_copy(tmp_path, fmow_root) -> tuple[Path, dict]:
     ],
     ids=["garbage", "truncated", "missing", "json_without_footprint"],
 )
-def test_bad_image_is_skipped_and_counted(stadium_copy, damage, reason):
-    root, row = stadium_copy
+def test_bad_image_is_skipped_and_counted(three_image_copy, damage, reason):
+    root, row = three_image_copy
     listed = json.loads(row["images"])
     damage(Path(listed[1]["path"]))
     sequence = FmowImageReader(spec(), str(root)).read(row)
@@ -342,8 +349,8 @@ def test_bad_image_is_skipped_and_counted(stadium_copy, damage, reason):
     assert [im.provenance["datetime"] for im in sequence.images] == kept
 
 
-def test_location_without_readable_images_fails(stadium_copy):
-    root, row = stadium_copy
+def test_location_without_readable_images_fails(three_image_copy):
+    root, row = three_image_copy
     for entry in json.loads(row["images"]):
         Path(entry["path"]).write_bytes(b"corrupt")
     with pytest.raises(LocationFailed) as failure:

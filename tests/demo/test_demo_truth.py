@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import shapely
+import yaml
 from global_land_mask import globe
 from pyproj import Transformer
 from rasterio.transform import Affine
@@ -22,6 +25,8 @@ from geoprep.demo.truth import (
     YEARS,
     Truth,
 )
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +73,21 @@ def test_small_scale_has_several_instances_of_each_class(small):
         assert (counts[aoi.name][list(CSF_CLASSES)] >= 2).all(), counts[aoi.name]
 
 
+def test_the_naip_aoi_holds_dozens_of_each_evaluation_class(small):
+    """The demo CSF-OSM set needs 30+ polygons of each of its classes under the NAIP imagery
+    (all of the Iowa AOI at the small scale); bridges, one per creek crossing, are fewer."""
+    recipe = yaml.safe_load((RECIPES / "csf-osm-eval.yaml").read_text())
+    classes = recipe["sampler"]["classes"]
+    counts = small.features_at(YEARS[-1]).query("aoi == 'iowa'").groupby("cls").size()
+    assert len(classes) >= 8
+    for cls in classes:
+        assert counts[cls] >= (20 if cls == "bridge" else 40), (cls, counts[cls])
+
+
 @pytest.mark.parametrize(
     ("cls", "short_side", "long_side"),
     [
-        ("bridge", (10, 30), (60, 130)),
+        ("bridge", (6, 30), (16, 130)),  # farm bridges over creeks to river bridges
         ("stadium", (150, 200), (200, 240)),
         ("farm_building", (12, 26), (24, 52)),
         ("farmland", (60, 450), (150, 600)),

@@ -1,0 +1,135 @@
+"""Does pretraining learn? Each method trained on the demo world, evaluated beside random init.
+
+`python -m benchmarks.learning [--methods csf] [--json FILE] [--demo-out DIR]` builds the demo
+datasets with `geoprep demo DIR` unless DIR already holds them, trains each method with its demo
+config (recipes/train/demo/<method>.yaml) into DIR/runs/<method>, evaluates the trained and a
+randomly initialised encoder of the same architecture on the method's labelled set, prints the
+table and writes the rows of `geossl eval --json` with a "method" field (and "bands" for rows
+of a band subset). Training throughput (samples/s) and wall time are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_RECIPES = ROOT / "recipes" / "train" / "demo"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A method's demo: its pretraining set, its labelled set, and band subsets to also try."""
+
+    pretrain: str
+    evaluate: str
+    band_subsets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+# GASSL, CACo and SoundingEarth add their entries (and their own metrics) here.
+BENCHMARKS: dict[str, Benchmark] = {
+    "csf": Benchmark(
+        "csf",
+        "csf-osm-eval",
+        # CSF's any-subset inference: NAIP alone (the sensor names of the demo recipes)
+        band_subsets=(("naip", ("naip.",)),),
+    ),
+}
+
+
+def ensure_demo(out: Path, names: set[str]) -> None:
+    """Build the demo datasets with the geoprep CLI unless `out` has them all."""
+    if all((out / name / "index.json").exists() for name in names):
+        return
+    print(f"building the demo world and datasets in {out} (geoprep demo) …", flush=True)
+    script = Path(sys.executable).with_name("geoprep")
+    geoprep = str(script) if script.exists() else (shutil.which("geoprep") or "geoprep")
+    subprocess.run([geoprep, "demo", str(out)], check=True)
+    missing = [n for n in names if not (out / n / "index.json").exists()]
+    if missing:
+        raise SystemExit(f"geoprep demo did not build {missing} in {out}")
+
+
+def train_method(name: str, out: Path, steps: int | None) -> tuple[Path, float, int, int]:
+    """Train the method's demo config on DIR/<pretrain>; (run, seconds, steps, batch size)."""
+    from geossl.config import load_config
+    from geossl.train import checkpoints, train
+
+    spec = BENCHMARKS[name]
+    overrides = [f"data.source={out / spec.pretrain}"]
+    if steps:
+        overrides.append(f"trainer.steps={steps}")
+    config = load_config(TRAIN_RECIPES / f"{name}.yaml", overrides)
+    run = out / "runs" / name
+    done = checkpoints(run)
+    start = int(done[-1].name[4:12]) if done else 0
+    started = time.perf_counter()
+    train(config, run)
+    seconds = time.perf_counter() - started
+    return run, seconds, config.trainer.steps - start, config.trainer.batch_size
+
+
+def evaluate_method(name: str, out: Path, run: Path) -> tuple[list[dict[str, Any]], str]:
+    from geossl.evaluate import evaluate, rows_json, table
+    from geossl.train import load_run
+
+    spec = BENCHMARKS[name]
+    dataset = str(out / spec.evaluate)
+    rows, embedded = evaluate(run, dataset)
+    found = rows_json(rows, method=name, dataset=spec.evaluate)
+    text = [table(rows, embedded)]
+    bands = load_run(run)[1].bands
+    for label, prefixes in spec.band_subsets:
+        subset = [b for b in bands if b.startswith(prefixes)]
+        if not subset or len(subset) == len(bands):
+            continue
+        sub_rows, _ = evaluate(run, dataset, subset)
+        found += rows_json(sub_rows, method=name, dataset=spec.evaluate, bands=label)
+        text.append(f"bands: {label} only ({len(subset)} of {len(bands)})")
+        text.append(table(sub_rows))
+    return found, "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.learning",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--methods", default="csf", help=f"comma-separated: {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--demo-out", type=Path, default=Path("demo-out"), help="demo directory")
+    parser.add_argument("--steps", type=int, help="override trainer.steps (a shorter check)")
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(BENCHMARKS)}")
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    out = args.demo_out.resolve()
+    ensure_demo(out, {n for m in names for n in (BENCHMARKS[m].pretrain, BENCHMARKS[m].evaluate)})
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        run, seconds, steps, batch = train_method(name, out, args.steps)
+        rate = steps * batch / seconds if steps else 0.0
+        found, text = evaluate_method(name, out, run)
+        print(f"\n== {name}: {steps} steps × {batch} in {seconds:.0f} s ({rate:.1f} samples/s)")
+        print(text)
+        rows += found
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
