@@ -26,7 +26,7 @@ from geoprep.demo.truth import (
     Truth,
 )
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 
 
 @pytest.fixture(scope="module")
