@@ -15,6 +15,7 @@ EPILOG = """examples:
   geossl train recipes/train/csf.yaml -o runs/csf --set trainer.batch_size=256
   torchrun --nproc_per_node=8 -m geossl train recipes/train/csf.yaml -o runs/csf
   geossl eval runs/csf demo-out/csf-osm-eval --json
+  geossl eval runs/soundingearth demo-out/aporee
   geossl eval runs/csf demo-out/csf-osm-eval --bands naip.image_0,naip.image_1,naip.image_2
   geossl export runs/csf backbone.pt
 """
@@ -52,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
         help="k-NN and linear probe of a run's encoder beside a random-init encoder",
         description="Embed every labelled sample of a geoprep dataset with the run's encoder "
         "and a randomly initialised one of the same architecture; k-NN (leave-one-out) "
-        "on all samples, linear probe trained on 'train' and scored on 'test' (else 'val').",
+        "on all samples, linear probe trained on 'train' and scored on 'test' (else 'val'). "
+        "For a SoundingEarth run also image<->audio retrieval on the held-out split "
+        "(recall@1/5/10, median rank, chance); its k-NN and probe need samples with a 'label'.",
     )
     ev.add_argument("run", help="run directory written by geossl train")
     ev.add_argument("dataset", help="labelled geoprep dataset (directory, index.json or tars)")

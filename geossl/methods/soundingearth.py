@@ -118,9 +118,14 @@ class SoundingEarthFields:
     random = True  # called with the batch's generator (a spectrogram window per step)
 
     def __init__(
-        self, config: SoundingEarthConfig, normalization: Normalization, sensor: str, slot: str
+        self,
+        config: SoundingEarthConfig,
+        normalization: Normalization,
+        sensor: str,
+        slot: str,
+        audio: bool = True,
     ) -> None:
-        self.config, self.slot, self.sensor = config, slot, sensor
+        self.config, self.slot, self.sensor, self.audio = config, slot, sensor, audio
         self.stats: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
         for owner in dict.fromkeys(b.split(".", 1)[0] for b in normalization.bands):
             part = normalization.subset(
@@ -164,14 +169,12 @@ class SoundingEarthFields:
                 raise SampleError(f"sample {sample.key}: {name} is {array.shape}, not {shape}")
             scaled = (array.astype(np.float32) - mean[i]) / std[i]
             image[i] = np.where(valid_mask(array, nodata), scaled, 0.0)
-        mel, frames = spectrogram_window(sample.spectrogram(), self.config.window, generator)
-        audio = (mel - self.config.mel_mean) / self.config.mel_std
-        out: dict[str, Any] = {
-            "image": torch.from_numpy(image),
-            "audio": torch.from_numpy(np.ascontiguousarray(audio))[None],
-            "frames": frames,
-            "fallback": used != self.sensor,
-        }
+        out: dict[str, Any] = {"image": torch.from_numpy(image), "fallback": used != self.sensor}
+        if self.audio:
+            mel, frames = spectrogram_window(sample.spectrogram(), self.config.window, generator)
+            audio = (mel - self.config.mel_mean) / self.config.mel_std
+            out["audio"] = torch.from_numpy(np.ascontiguousarray(audio))[None]
+            out["frames"] = frames
         for key in ("label", "split"):
             value = sample.meta.get(key)
             out[key] = "" if value is None else str(value)
@@ -278,6 +281,12 @@ class SoundingEarth(Method):
     def fields(self) -> Fields:
         return SoundingEarthFields(
             self.se, self.all_normalization, self.sensor, self.config.data.slot
+        )
+
+    def image_fields(self) -> Fields:
+        """Evaluation of the image encoder: images only, fallback handled as in training."""
+        return SoundingEarthFields(
+            self.se, self.all_normalization, self.sensor, self.config.data.slot, audio=False
         )
 
     def views(self) -> Views:

@@ -4,15 +4,24 @@ batches, the sensor fallback, the image views, and a short run with its train me
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import AUDIO_BANDS, sound_config, write_audio_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_ssl_train import children, free_port, fresh_torchvision
 from torch.utils.data import DataLoader
 
 from geoprep import Sample, UserError
+from geossl.cli import main
 from geossl.config import TrainConfig, validate_config
 from geossl.data import Normalization, TrainStream, dataset_urls, raw_samples
 from geossl.methods.soundingearth import (
@@ -24,7 +33,7 @@ from geossl.methods.soundingearth import (
     retrieval_ranks,
     spectrogram_window,
 )
-from geossl.train import train
+from geossl.train import checkpoints, train
 
 
 def paper_eq3(v: np.ndarray, a: np.ndarray, margin: float) -> float:
@@ -177,13 +186,71 @@ def test_sensor_without_bands_is_a_user_error() -> None:
         SoundingEarth(config, Normalization(AUDIO_BANDS, [0] * 8, [1] * 8, "t"))
 
 
-def test_short_run_logs_retrieval_metrics(tmp_path) -> None:
+def test_a_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path) -> None:
     source = write_audio_dataset(tmp_path / "a", n=16)
-    config = validate_config(sound_config(source, trainer={"steps": 2}))
-    out = train(config, tmp_path / "run")
+    config = validate_config(sound_config(source, trainer={"steps": 3}))
+    out = train(config, tmp_path / "straight")
+    shorter = config.model_copy(update={"trainer": config.trainer.model_copy(update={"steps": 2})})
+    train(shorter, tmp_path / "resumed")
+    train(config, tmp_path / "resumed")  # resumes at step 2: windows and views drawn alike
+    a = torch.load(checkpoints(tmp_path / "straight")[-1], weights_only=False)["state_dict"]
+    b = torch.load(checkpoints(tmp_path / "resumed")[-1], weights_only=False)["state_dict"]
+    assert any(k.startswith("method.audio_tower.") for k in a) and a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["method"]["name"] == "soundingearth" and doc["bands"] == AUDIO_BANDS[:4]
     assert doc["in_channels"] == 4
-    tags = set(EventAccumulator(str(tmp_path / "run" / "tb")).Reload().Tags()["scalars"])
+    tags = set(EventAccumulator(str(tmp_path / "straight" / "tb")).Reload().Tags()["scalars"])
     wanted = {"i2a_r1", "a2i_r1", "i2a_median_rank", "a2i_median_rank", "fallback_fraction"}
     assert wanted | {"loss"} <= tags
+
+
+def test_torchrun_two_ranks_killed_resumed_and_evaluated(
+    tmp_path: Path, audio_dataset: Path, capsys: pytest.CaptureFixture
+) -> None:
+    steps = 12
+    config = tmp_path / "config.yaml"
+    sections = {"trainer": {"steps": steps, "checkpoint_every": 2, "log_every": 2}}
+    config.write_text(yaml.safe_dump(sound_config(audio_dataset, **sections)))
+    run = tmp_path / "run"
+
+    def command() -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={free_port()}", "-m", "geossl", "train", str(config), "-o", str(run),
+        ]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in [*children(first.pid), first.pid]:  # a crash: ranks and launcher die at once
+        os.kill(pid, signal.SIGKILL)
+    output = first.communicate()[0].decode()
+    killed_at = [int(p.name[4:12]) for p in checkpoints(run)]
+    assert killed_at and max(killed_at) < steps, output[-2000:]
+
+    second = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stderr
+    state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=False)
+    assert state["global_step"] == steps
+    assert any(k.startswith("method.audio_tower.") for k in state["state_dict"])
+    doc = json.loads((run / "backbone.json").read_text())
+    model = fresh_torchvision(doc["arch"], doc["in_channels"], torch.load(run / "backbone.pt"))
+    assert model.eval()(torch.zeros(1, 4, 32, 32)).shape == (1, 512)
+
+    # retrieval on the held-out split beside random init and chance, then the land-cover k-NN
+    capsys.readouterr()
+    assert main(["eval", str(run), str(audio_dataset), "--json"]) == 0
+    rows = {(r["encoder"], r["metric"]): r for r in json.loads(capsys.readouterr().out)}
+    for encoder in ("trained", "random"):
+        for name in ("i2a_recall@10", "a2i_recall@10", "i2a_median_rank", "knn_top1"):
+            assert (encoder, name) in rows
+    held_out = rows[("trained", "i2a_recall@1")]["n"]
+    assert held_out == 4  # the test split: keys 3, 7, 11, 15
+    assert rows[("chance", "chance_recall@1")]["value"] == pytest.approx(1 / 4)
+    assert rows[("chance", "chance_median_rank")]["value"] == pytest.approx(2.5)
+    assert rows[("trained", "knn_top1")]["n"] == 16
