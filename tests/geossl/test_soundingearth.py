@@ -4,11 +4,6 @@ batches, the sensor fallback, the image views, and a short run with its train me
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +12,7 @@ import torch
 import yaml
 from conftest import AUDIO_BANDS, sound_config, write_audio_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_ssl_train import children, free_port, fresh_torchvision
+from test_ssl_train import crash_after_a_checkpoint, fresh_torchvision, resume
 from torch.utils.data import DataLoader
 
 from geoprep import Sample, UserError
@@ -214,25 +209,9 @@ def test_torchrun_two_ranks_killed_resumed_and_evaluated(
     sections = {"trainer": {"steps": steps, "checkpoint_every": 2, "log_every": 2}}
     config.write_text(yaml.safe_dump(sound_config(audio_dataset, **sections)))
     run = tmp_path / "run"
+    crash_after_a_checkpoint(config, run, steps)
 
-    def command() -> list[str]:
-        return [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            f"--master_port={free_port()}", "-m", "geossl", "train", str(config), "-o", str(run),
-        ]  # fmt: skip
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while not checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in [*children(first.pid), first.pid]:  # a crash: ranks and launcher die at once
-        os.kill(pid, signal.SIGKILL)
-    output = first.communicate()[0].decode()
-    killed_at = [int(p.name[4:12]) for p in checkpoints(run)]
-    assert killed_at and max(killed_at) < steps, output[-2000:]
-
-    second = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=300)
+    second = resume(config, run)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr
     state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=False)
