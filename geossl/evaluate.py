@@ -13,6 +13,7 @@ normalisation, same input scaling) embed every labelled sample of a geoprep data
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,8 +74,10 @@ def embed(
     bands: list[str] | None = None,
     batch_size: int = 64,
     workers: int = 0,
+    table: dict[str, str] | None = None,
 ) -> Embedded:
-    """Features of every labelled sample of `source` under each encoder."""
+    """Features of every labelled sample of `source` under each encoder; `table` (see
+    `read_labels`) replaces the JSON's labels, looked up by key or recording identifier."""
     first = next(iter(encoders.values()))
     known = first.bands
     if bands:
@@ -97,6 +100,9 @@ def embed(
         model.eval()
     with torch.no_grad():
         for batch in loader:
+            if table is not None:
+                ids = zip(batch["key"], batch.get("identifier", batch["key"]), strict=True)
+                batch["label"] = [table.get(key) or table.get(ident) or "" for key, ident in ids]
             keep = [i for i, label in enumerate(batch["label"]) if label]
             if not keep:
                 continue
@@ -110,7 +116,8 @@ def embed(
             labels += [batch["label"][i] for i in keep]
             splits += [batch["split"][i] for i in keep]
     if not labels:
-        raise UserError(f"{source}: no labelled samples (the sample JSON's 'label')")
+        where = "the label table" if table is not None else "the sample JSON's 'label'"
+        raise UserError(f"{source}: no labelled samples ({where})")
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
     missing = [b for b in known if seen_bands is not None and b not in seen_bands]
@@ -184,6 +191,7 @@ def evaluate(
     pca: int | None = None,
     batch_size: int = 64,
     workers: int = 0,
+    labels: dict[str, str] | None = None,
 ) -> tuple[list[Row], Embedded | None]:
     config, trained, _ = load_run(run)
     encoders = {"trained": trained, "random": random_twin(trained, config.seed)}
@@ -191,7 +199,7 @@ def evaluate(
     if hasattr(trained, "embed_audio"):
         rows += retrieval(encoders, source, batch_size=batch_size, workers=workers)
     try:
-        embedded = embed(encoders, source, bands, batch_size, workers)
+        embedded = embed(encoders, source, bands, batch_size, workers, labels)
     except UserError as error:
         if not rows or "no labelled samples" not in str(error):
             raise
@@ -200,6 +208,25 @@ def evaluate(
     if embedded.missing_bands:
         log.warning("the dataset has no values for bands %s: they are zero", embedded.missing_bands)
     return rows + score(embedded, k, pca, config.seed), embedded
+
+
+def read_labels(path: str | Path, column: str = "label") -> dict[str, str]:
+    """{sample key or recording identifier: label} from a CSV with a `key` or `identifier`
+    column and `column` (e.g. the demo world's aporee/recordings.csv and its land_cover)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            ids = [name for name in ("key", "identifier") if name in fields]
+            if not ids or column not in fields:
+                raise UserError(
+                    f"{path}: expected a 'key' or 'identifier' column and {column!r}; "
+                    f"found {', '.join(fields) or 'no header'}"
+                )
+            return {row[name]: row[column] for row in reader for name in ids if row[name]}
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the label table ({error.strerror})") from None
 
 
 def held_out_split(source: str, max_bytes: int) -> str:

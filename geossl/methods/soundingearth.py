@@ -179,6 +179,8 @@ class SoundingEarthFields:
             value = sample.meta.get(key)
             out[key] = "" if value is None else str(value)
         out["key"] = sample.key
+        attribution = (sample.meta.get("audio") or {}).get("attribution") or {}
+        out["identifier"] = str(attribution.get("identifier") or "")  # for label tables
         return out
 
 

@@ -159,6 +159,7 @@ def write_audio_dataset(
         found[f"{key}.mel.npy"] = _npy(mel.astype(np.float16))
         doc = json.loads(found[f"{key}.json"])
         doc["audio"] = {"n_mels": 128, "frames": length, "hop_length": 512}
+        doc["audio"]["attribution"] = {"identifier": f"aporee_{i}_{1000 + i}"}
         found[f"{key}.json"] = json.dumps(doc).encode()
         return found
 

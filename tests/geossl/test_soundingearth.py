@@ -233,3 +233,15 @@ def test_torchrun_two_ranks_killed_resumed_and_evaluated(
     assert rows[("chance", "chance_recall@1")]["value"] == pytest.approx(1 / 4)
     assert rows[("chance", "chance_median_rank")]["value"] == pytest.approx(2.5)
     assert rows[("trained", "knn_top1")]["n"] == 16
+
+    # labels from a table by recording identifier (the demo world's recordings.csv)
+    table = tmp_path / "recordings.csv"
+    lines = ["identifier,land_cover,duration_s"]
+    lines += [f"aporee_{i}_{1000 + i},{'forest' if i % 2 else 'water'},4.0" for i in range(12)]
+    table.write_text("\n".join(lines) + "\n")
+    labelled = ["--labels", str(table), "--label-column", "land_cover", "--json"]
+    assert main(["eval", str(run), str(audio_dataset), *labelled]) == 0
+    rows = {(r["encoder"], r["metric"]): r for r in json.loads(capsys.readouterr().out)}
+    assert rows[("random", "knn_top1")]["n"] == 12  # samples 12-15 are not in the table
+    assert main(["eval", str(run), str(audio_dataset), "--labels", str(table)]) == 2
+    assert "expected a 'key' or 'identifier' column and 'label'" in capsys.readouterr().err
