@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from geoprep import UserError
 
@@ -124,12 +131,13 @@ class SoundingEarthConfig(Strict):
     saturation: float = Field(0.12, ge=0.0, lt=1.0)
     value: float = Field(0.3, ge=0.0)
 
-    @model_validator(mode="after")
-    def _crop_range(self) -> SoundingEarthConfig:
-        low, high = self.crop_fraction
+    @field_validator("crop_fraction")
+    @classmethod
+    def _crop_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError("crop_fraction must be [low, high] with 0 < low <= high <= 1")
-        return self
+            raise ValueError("expected [low, high] with 0 < low <= high <= 1")
+        return value
 
     def view_sizes(self, patch: int) -> tuple[int, int, int, int]:
         """(centre side, smallest crop side, largest crop side, output side) in pixels."""

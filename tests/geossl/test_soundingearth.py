@@ -245,3 +245,38 @@ def test_torchrun_two_ranks_killed_resumed_and_evaluated(
     assert rows[("random", "knn_top1")]["n"] == 12  # samples 12-15 are not in the table
     assert main(["eval", str(run), str(audio_dataset), "--labels", str(table)]) == 2
     assert "expected a 'key' or 'identifier' column and 'label'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("loss", "reduction", "expected"),
+    [
+        ("batch_triplet", "sum", lambda v, a: batch_triplet_loss(v, a, 1.0, "sum")),
+        ("batch_triplet", "mean", lambda v, a: batch_triplet_loss(v, a, 1.0, "mean")),
+        ("naive_triplet", "sum", lambda v, a: naive_triplet_loss(v, a, 1.0)),
+        ("contrastive", "sum", lambda v, a: contrastive_loss(v, a, 0.2)),
+    ],
+)
+def test_the_config_picks_the_loss(loss, reduction, expected) -> None:
+    method = build("x", loss=loss, reduction=reduction)
+    v, a = torch.randn(5, 128), torch.randn(5, 128)
+    assert float(method.loss(v, a)) == pytest.approx(float(expected(v, a)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["method.crop_fraction=[0.8, 0.5]"],
+            r"method.crop_fraction: got \[0.8, 0.5\]; expected \[low",
+        ),
+        (["method.reduction=median"], "method.reduction: got 'median'"),
+        (["method.windw=64"], "method.windw: unknown key"),
+    ],
+)
+def test_config_mistakes_are_one_line(tmp_path, overrides, message) -> None:
+    from geossl.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(sound_config(tmp_path)))
+    with pytest.raises(UserError, match=message):
+        load_config(path, overrides)
