@@ -257,6 +257,8 @@ def retrieval(
 
     Each recording is its centre spectrogram window; distances are plain Euclidean (the official
     code divides each column by its mean first)."""
+    from geossl.methods.soundingearth import retrieval_ranks
+
     first = next(iter(encoders.values()))
     limit = first.config.data.max_member_bytes
     split = split or held_out_split(source, limit)
@@ -280,7 +282,7 @@ def retrieval(
     for name in encoders:
         d = torch.cdist(torch.cat(images[name]), torch.cat(audios[name]))
         for direction, distances in (("i2a", d), ("a2i", d.T)):
-            ranks = (distances < distances.diagonal()[:, None]).sum(dim=1) + 1
+            ranks = retrieval_ranks(distances)
             for k in ks:
                 rows.append(
                     Row(name, f"{direction}_recall@{k}", float((ranks <= k).float().mean()), n)
