@@ -32,6 +32,8 @@ class Benchmark:
     pretrain: str
     evaluate: str
     band_subsets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # labels from a table instead of the samples' own: (CSV under DIR, its label column)
+    labels: tuple[str, str] | None = None
 
 
 # GASSL, CACo and SoundingEarth add their entries (and their own metrics) here.
@@ -41,6 +43,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "csf-osm-eval",
         # CSF's any-subset inference: NAIP alone (the sensor names of the demo recipes)
         band_subsets=(("naip", ("naip.",)),),
+    ),
+    # retrieval on the held-out recordings (i2a_recall@10, a2i_recall@10, chance_recall@10) and
+    # the image encoder's k-NN on each recording's land cover, known to the demo world
+    "soundingearth": Benchmark(
+        "aporee", "aporee", labels=("world/aporee/recordings.csv", "land_cover")
     ),
 }
 
@@ -78,12 +85,13 @@ def train_method(name: str, out: Path, steps: int | None) -> tuple[Path, float, 
 
 
 def evaluate_method(name: str, out: Path, run: Path) -> tuple[list[dict[str, Any]], str]:
-    from geossl.evaluate import evaluate, rows_json, table
+    from geossl.evaluate import evaluate, read_labels, rows_json, table
     from geossl.train import load_run
 
     spec = BENCHMARKS[name]
     dataset = str(out / spec.evaluate)
-    rows, embedded = evaluate(run, dataset)
+    labels = read_labels(out / spec.labels[0], spec.labels[1]) if spec.labels else None
+    rows, embedded = evaluate(run, dataset, labels=labels)
     found = rows_json(rows, method=name, dataset=spec.evaluate)
     text = [table(rows, embedded)]
     bands = load_run(run)[1].bands
@@ -91,7 +99,7 @@ def evaluate_method(name: str, out: Path, run: Path) -> tuple[list[dict[str, Any
         subset = [b for b in bands if b.startswith(prefixes)]
         if not subset or len(subset) == len(bands):
             continue
-        sub_rows, _ = evaluate(run, dataset, subset)
+        sub_rows, _ = evaluate(run, dataset, subset, labels=labels)
         found += rows_json(sub_rows, method=name, dataset=spec.evaluate, bands=label)
         text.append(f"bands: {label} only ({len(subset)} of {len(bands)})")
         text.append(table(sub_rows))

@@ -15,6 +15,8 @@ EPILOG = """examples:
   geossl train recipes/train/csf.yaml -o runs/csf --set trainer.batch_size=256
   torchrun --nproc_per_node=8 -m geossl train recipes/train/csf.yaml -o runs/csf
   geossl eval runs/csf demo-out/csf-osm-eval --json
+  geossl eval runs/soundingearth demo-out/aporee \
+      --labels demo-out/world/aporee/recordings.csv --label-column land_cover
   geossl eval runs/csf demo-out/csf-osm-eval --bands naip.image_0,naip.image_1,naip.image_2
   geossl export runs/csf backbone.pt
 """
@@ -52,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
         help="k-NN and linear probe of a run's encoder beside a random-init encoder",
         description="Embed every labelled sample of a geoprep dataset with the run's encoder "
         "and a randomly initialised one of the same architecture; k-NN (leave-one-out) "
-        "on all samples, linear probe trained on 'train' and scored on 'test' (else 'val').",
+        "on all samples, linear probe trained on 'train' and scored on 'test' (else 'val'). "
+        "For a SoundingEarth run also image<->audio retrieval on the held-out split "
+        "(recall@1/5/10, median rank, chance); its k-NN and probe need samples with a 'label'.",
     )
     ev.add_argument("run", help="run directory written by geossl train")
     ev.add_argument("dataset", help="labelled geoprep dataset (directory, index.json or tars)")
@@ -64,6 +68,14 @@ def parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("-k", type=int, default=10, help="neighbours for k-NN (default 10)")
     ev.add_argument("--pca", type=int, help="PCA components before k-NN and the probe")
+    ev.add_argument(
+        "--labels",
+        help="CSV of labels by sample 'key' or recording 'identifier' instead of the samples' "
+        "own (e.g. DEMO/world/aporee/recordings.csv for the recordings' land cover)",
+    )
+    ev.add_argument(
+        "--label-column", default="label", help="the --labels column to use (default label)"
+    )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--workers", type=int, default=0, help="DataLoader workers")
 
@@ -103,11 +115,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from geossl.evaluate import evaluate, rows_json, table
+    from geossl.evaluate import evaluate, read_labels, rows_json, table
 
     bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None
+    labels = read_labels(args.labels, args.label_column) if args.labels else None
     rows, embedded = evaluate(
-        Path(args.run), args.dataset, bands, args.k, args.pca, args.batch_size, args.workers
+        Path(args.run), args.dataset, bands, args.k, args.pca, args.batch_size, args.workers, labels
     )
     if args.json:
         print(json.dumps(rows_json(rows), indent=1))

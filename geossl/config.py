@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from geoprep import UserError
 
@@ -80,9 +87,72 @@ class CSFConfig(Strict):
         return patch - removed
 
 
+class SoundingEarthConfig(Strict):
+    """SoundingEarth: overhead image ↔ field recording, batch triplet loss (methods.md §4)."""
+
+    name: Literal["soundingearth"] = "soundingearth"
+    embedding_dim: int = Field(128, ge=1)
+    # Paper (Eq. 3): "batch" triplet loss, margin 1, summed over every off-diagonal pair in both
+    # directions. `reduction: mean` is the official code's 0.5·(mean + mean) over all N² entries.
+    # "naive": one negative per anchor (the next in the batch); "contrastive": symmetric InfoNCE
+    # of cosine similarities / τ (the paper's two ablations).
+    loss: Literal["batch_triplet", "naive_triplet", "contrastive"] = "batch_triplet"
+    reduction: Literal["sum", "mean"] = "sum"
+    margin: float = Field(1.0, gt=0.0)
+    temperature: float = Field(0.2, gt=0.0)
+    # Negatives from the global batch, gathered across ranks with gradients.
+    global_negatives: bool = True
+    # The image sensor the encoder is built for (null: the sensor of the first band). Samples
+    # imaged by another sensor (the build's fallback) are normalised with that sensor's own
+    # statistics (its bands must be in data.bands) or skipped; either way they are counted.
+    sensor: str | None = None
+    fallback: Literal["normalise", "skip"] = "normalise"
+    # Spectrogram windows: `window` frames (128 in paper and code) drawn uniformly per recording
+    # per step; shorter recordings are padded at the end with silence (the −100 dB floor).
+    window: int = Field(128, ge=8)
+    # Log-mel dB values enter the audio encoder as (S - mel_mean) / mel_std.
+    mel_mean: float = -40.0
+    mel_std: float = Field(20.0, gt=0.0)
+    # Image views, as fractions of the built patch (paper: 1024 px tiles, a central 512 px,
+    # random squares of 192-384 px scaled to 192 px). center_fraction: the central part kept;
+    # crop_fraction: the random square's side relative to it; view_px: the output side (null:
+    # the smallest crop side, as in the paper).
+    center_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    crop_fraction: tuple[float, float] = (0.375, 0.75)
+    view_px: int | None = Field(None, ge=8)
+    rotation_deg: float = Field(180.0, ge=0.0, le=180.0)  # any angle up to ±limit
+    blur_p: float = Field(0.5, ge=0.0, le=1.0)  # 3×3 box blur
+    # Hue/saturation/value with p = 0.5 (albumentations defaults 20/30/20 on 8-bit HSV), adapted
+    # to normalised bands: hue rotates the first three bands about the grey axis by up to
+    # ±hue_deg, saturation scales their distance from grey by 1 ± saturation, value shifts all
+    # bands by ± value (normalised units).
+    hsv_p: float = Field(0.5, ge=0.0, le=1.0)
+    hue_deg: float = Field(40.0, ge=0.0, le=180.0)
+    saturation: float = Field(0.12, ge=0.0, lt=1.0)
+    value: float = Field(0.3, ge=0.0)
+
+    @field_validator("crop_fraction")
+    @classmethod
+    def _crop_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError("expected [low, high] with 0 < low <= high <= 1")
+        return value
+
+    def view_sizes(self, patch: int) -> tuple[int, int, int, int]:
+        """(centre side, smallest crop side, largest crop side, output side) in pixels."""
+        centre = max(1, round(patch * self.center_fraction))
+        low = max(1, round(centre * self.crop_fraction[0]))
+        high = max(low, round(centre * self.crop_fraction[1]))
+        return centre, low, high, self.view_px or low
+
+
 # One entry per method; GASSL, CACo and SoundingEarth add theirs here.
-MethodConfig = Annotated[CSFConfig, Field(discriminator="name")]
-METHOD_CONFIGS: dict[str, type[BaseModel]] = {"csf": CSFConfig}
+MethodConfig = Annotated[CSFConfig | SoundingEarthConfig, Field(discriminator="name")]
+METHOD_CONFIGS: dict[str, type[BaseModel]] = {
+    "csf": CSFConfig,
+    "soundingearth": SoundingEarthConfig,
+}
 
 
 class DataConfig(Strict):

@@ -197,8 +197,11 @@ class TrainStream(IterableDataset):
             next(records)
         for index in range(self.start + worker, self.end, workers):
             items = []
+            # fields that draw (e.g. a spectrogram window) get a generator of the batch index,
+            # so a resumed run draws what the interrupted one would have
+            drawn = torch.Generator().manual_seed(_mix(self.seed, self.rank, index, "fields"))
             while len(items) < self.batch_size:
-                fields = _decode(next(records), self.fields)
+                fields = _decode(next(records), self.fields, drawn)
                 if fields is not None:
                     items.append(fields)
             batch = default_collate(items)
@@ -247,9 +250,15 @@ def _mix(*parts: int) -> int:
 _skipped = {"count": 0}
 
 
-def _decode(raw: dict[str, Any], fields: Fields) -> dict[str, Any] | None:
-    """A raw record → the method's fields; damaged samples are skipped and counted."""
+def _decode(
+    raw: dict[str, Any], fields: Fields, generator: torch.Generator | None = None
+) -> dict[str, Any] | None:
+    """A raw record → the method's fields; damaged samples are skipped and counted.
+
+    Fields with a true `random` attribute are called with `generator` (None: evaluation)."""
     try:
+        if getattr(fields, "random", False):
+            return fields(Sample.from_wds(raw), generator)  # type: ignore[call-arg]
         return fields(Sample.from_wds(raw))
     except (SampleError, ValueError, KeyError, OSError) as error:
         _skipped["count"] += 1

@@ -6,8 +6,9 @@ from geossl.config import TrainConfig
 from geossl.data import Normalization
 from geossl.methods.base import Method, StepOutput
 from geossl.methods.csf import CSF
+from geossl.methods.soundingearth import SoundingEarth
 
-METHODS: dict[str, type[Method]] = {"csf": CSF}
+METHODS: dict[str, type[Method]] = {"csf": CSF, "soundingearth": SoundingEarth}
 
 __all__ = ["METHODS", "Method", "StepOutput", "build_method"]
 

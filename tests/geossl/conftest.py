@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,18 @@ def write_dataset(
     """A dataset directory with index.json and shards/NNNNN.tar; sample i has split
     splits[i % len(splits)] and key s{shard}x{i}."""
     rng = np.random.default_rng(seed)
+
+    def members(shard: int, i: int) -> dict[str, bytes]:
+        label = CLASSES[i % len(CLASSES)] if labelled else None
+        return sample_members(f"s{shard}x{i}", splits[i % len(splits)], label, size, rng, sensors)
+
+    return write_shards(root, n, per_shard, members)
+
+
+def write_shards(
+    root: Path, n: int, per_shard: int, members: Callable[[int, int], dict[str, bytes]]
+) -> Path:
+    """index.json and shards/NNNNN.tar holding members(shard, i) of samples i = 0 … n-1."""
     (root / "shards").mkdir(parents=True, exist_ok=True)
     shardlist = []
     for shard in range(-(-n // per_shard)):
@@ -83,11 +96,7 @@ def write_dataset(
         count = 0
         with tarfile.open(root / name, "w") as tar:
             for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):
-                label = CLASSES[i % len(CLASSES)] if labelled else None
-                members = sample_members(
-                    f"s{shard}x{i}", splits[i % len(splits)], label, size, rng, sensors
-                )
-                for member, data in members.items():
+                for member, data in members(shard, i).items():
                     info = tarfile.TarInfo(member)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -121,3 +130,62 @@ def tiny_config(source: Path, **sections) -> dict:
     for name, values in sections.items():
         config[name] = {**config.get(name, {}), **values}
     return config
+
+
+def write_audio_dataset(
+    root: Path,
+    n: int = 16,
+    per_shard: int = 4,
+    size: int = 32,
+    frames: tuple[int, int] = (60, 300),
+    fallback_every: int = 3,
+    seed: int = 0,
+) -> Path:
+    """SoundingEarth-shaped shards: per sample one image (NAIP, or Sentinel-2 for every
+    `fallback_every`-th as a build's fallback) and a float16 log-mel `mel.npy` (128 × frames,
+    frame counts drawn in `frames`) whose loudest band follows the label."""
+    rng = np.random.default_rng(seed)
+    splits = ("train", "train", "train", "test")
+
+    def members(shard: int, i: int) -> dict[str, bytes]:
+        key, label = f"a{shard}x{i}", CLASSES[i % len(CLASSES)]
+        fallback = fallback_every and i % fallback_every == fallback_every - 1
+        found = sample_members(
+            key, splits[i % 4], label, size, rng, ("s2" if fallback else "naip",)
+        )
+        length = int(rng.integers(frames[0], frames[1] + 1))
+        mel = rng.normal(-60, 5, (128, length))
+        mel[20 + 30 * CLASSES.index(label) : 30 + 30 * CLASSES.index(label)] += 30
+        found[f"{key}.mel.npy"] = _npy(mel.astype(np.float16))
+        doc = json.loads(found[f"{key}.json"])
+        doc["audio"] = {"n_mels": 128, "frames": length, "hop_length": 512}
+        doc["audio"]["attribution"] = {"identifier": f"aporee_{i}_{1000 + i}"}
+        found[f"{key}.json"] = json.dumps(doc).encode()
+        return found
+
+    return write_shards(root, n, per_shard, members)
+
+
+AUDIO_BANDS = ["naip.R", "naip.G", "naip.B", "naip.N", "s2.B04", "s2.B03", "s2.B02", "s2.B08"]
+
+
+def sound_config(source: Path, **sections) -> dict:
+    """A config dict for a tiny SoundingEarth run (ResNet-18, 32 px patches, batch 8)."""
+    config = {
+        "method": {"name": "soundingearth", "sensor": "naip", "center_fraction": 1.0,
+                   "crop_fraction": [0.75, 1.0]},
+        "data": {"source": str(source), "num_workers": 0, "shuffle_buffer": 4,
+                 "bands": AUDIO_BANDS},
+        "model": {"arch": "resnet18"},
+        "optim": {"warmup_steps": 0},
+        "trainer": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1},
+        "seed": 5,
+    }  # fmt: skip
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config
+
+
+@pytest.fixture
+def audio_dataset(tmp_path: Path) -> Path:
+    return write_audio_dataset(tmp_path / "aporee")

@@ -49,6 +49,38 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def torchrun_train(config: Path, run: Path) -> list[str]:
+    """`torchrun` with two ranks running `geossl train config -o run` (a fresh port each time)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={free_port()}", "-m", "geossl", "train", str(config), "-o", str(run),
+    ]  # fmt: skip
+
+
+def crash_after_a_checkpoint(config: Path, run: Path, steps: int) -> None:
+    """Start a two-rank run and kill it as a crash would once it has a checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        torchrun_train(config, run), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 240
+    while not checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the ranks (torchrun starts each in its own session) and the launcher die at once
+    for pid in [*children(first.pid), first.pid]:
+        os.kill(pid, signal.SIGKILL)
+    output = first.communicate()[0].decode()
+    killed_at = [int(p.name[4:12]) for p in checkpoints(run)]
+    assert killed_at and max(killed_at) < steps, output[-2000:]
+
+
+def resume(config: Path, run: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        torchrun_train(config, run), env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 def fresh_torchvision(arch: str, channels: int, state: dict) -> torch.nn.Module:
     model = getattr(torchvision.models, arch)()
     model.conv1 = torch.nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
@@ -100,26 +132,9 @@ def test_torchrun_two_ranks_killed_and_resumed(
         tmp_path, tiny_dataset, trainer={"steps": steps, "checkpoint_every": 2, "log_every": 5}
     )
     run = tmp_path / "run"
+    crash_after_a_checkpoint(config, run, steps)
 
-    def command() -> list[str]:
-        return [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            f"--master_port={free_port()}", "-m", "geossl", "train", str(config), "-o", str(run),
-        ]  # fmt: skip
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while not checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    # a crash: the ranks (torchrun starts each in its own session) and the launcher die at once
-    for pid in [*children(first.pid), first.pid]:
-        os.kill(pid, signal.SIGKILL)
-    output = first.communicate()[0].decode()
-    killed_at = [int(p.name[4:12]) for p in checkpoints(run)]
-    assert killed_at and max(killed_at) < steps, output[-2000:]
-
-    second = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=300)
+    second = resume(config, run)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr
     assert checkpoints(run)[-1].name == f"step{steps:08d}.ckpt"
