@@ -88,10 +88,12 @@ def prepare_run(config: TrainConfig, run: Path) -> Normalization:
             )
     norm_file = run / "normalization.json"
     if env_rank() == 0:
+        # the dataset is checked (and statistics computed) before anything is written, so a
+        # mistake leaves no half-made run directory behind
+        norm = None if norm_file.exists() else resolve_normalization(config)
         run.mkdir(parents=True, exist_ok=True)
         _write_atomic(saved, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        if not norm_file.exists():
-            norm = resolve_normalization(config)
+        if norm is not None:
             _write_atomic(norm_file, json.dumps(norm.to_json(), indent=2))
     else:
         _wait_for(norm_file)
