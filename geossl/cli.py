@@ -15,6 +15,7 @@ EPILOG = """examples:
   geossl train recipes/train/csf.yaml -o runs/csf --set trainer.batch_size=256
   torchrun --nproc_per_node=8 -m geossl train recipes/train/csf.yaml -o runs/csf
   geossl eval runs/csf demo-out/csf-osm-eval --json
+  geossl eval runs/csf demo-out/csf-osm-eval --bands naip          # one sensor's bands
   geossl eval runs/soundingearth demo-out/aporee \
       --labels demo-out/world/aporee/recordings.csv --label-column land_cover
   geossl eval runs/csf demo-out/csf-osm-eval --bands naip.image_0,naip.image_1,naip.image_2
@@ -63,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the rows as JSON")
     ev.add_argument(
         "--bands",
-        help="comma-separated subset of the encoder's bands (names as in backbone.json); "
+        help="comma-separated subset of the encoder's bands (names as in backbone.json, or a "
+        "sensor name for all its bands); "
         "the others are zero (CSF's any-subset inference)",
     )
     ev.add_argument("-k", type=int, default=10, help="neighbours for k-NN (default 10)")

@@ -80,7 +80,10 @@ def embed(
     `read_labels`) replaces the JSON's labels, looked up by key or recording identifier."""
     first = next(iter(encoders.values()))
     known = first.bands
-    if bands:
+    if bands:  # a sensor name stands for all of its bands
+        bands = [k for b in bands for k in known if k == b or k.startswith(f"{b}.")] + [
+            b for b in bands if not any(k == b or k.startswith(f"{b}.") for k in known)
+        ]
         unknown = [b for b in bands if b not in known]
         if unknown:
             raise UserError(f"--bands {unknown}: not bands of this encoder; it has {known}")

@@ -25,6 +25,7 @@ import re
 import sys
 import time
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,12 @@ def prepare_run(config: TrainConfig, run: Path) -> Normalization:
             )
     norm_file = run / "normalization.json"
     if env_rank() == 0:
+        # the dataset is checked (and statistics computed) before anything is written, so a
+        # mistake leaves no half-made run directory behind
+        norm = None if norm_file.exists() else resolve_normalization(config)
         run.mkdir(parents=True, exist_ok=True)
         _write_atomic(saved, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        if not norm_file.exists():
-            norm = resolve_normalization(config)
+        if norm is not None:
             _write_atomic(norm_file, json.dumps(norm.to_json(), indent=2))
     else:
         _wait_for(norm_file)
@@ -154,7 +157,7 @@ class PretrainModule(L.LightningModule):
     def __init__(self, method: Method, config: TrainConfig) -> None:
         super().__init__()
         self.method, self.config = method, config
-        self._last_time: float | None = None
+        self._times: deque[float] = deque(maxlen=config.trainer.log_every + 1)
 
     def train_dataloader(self) -> DataLoader:
         cfg = self.config
@@ -193,11 +196,12 @@ class PretrainModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.method.after_step(self.global_step)
-        now = time.perf_counter()
-        if self._last_time is not None:
-            rate = self.config.trainer.batch_size / max(now - self._last_time, 1e-9)
+        # throughput over the last log_every steps: single steps swing with data loading
+        self._times.append(time.perf_counter())
+        if len(self._times) > 1:
+            seconds = max(self._times[-1] - self._times[0], 1e-9)
+            rate = self.config.trainer.batch_size * (len(self._times) - 1) / seconds
             self.log("samples_per_s", rate, prog_bar=True)
-        self._last_time = now
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.config.optim

@@ -68,6 +68,15 @@ def test_layer_weights_paper_and_code(weights: dict, expected: tuple) -> None:
     assert 0.0 <= metrics["accuracy"].item() <= 1.0
 
 
+def test_cosine_option_normalises_before_the_papers_formula() -> None:
+    rng = np.random.default_rng(3)
+    z1, z2 = rng.normal(size=(6, 10)) * 5, rng.normal(size=(6, 10))
+    unit1 = z1 / np.linalg.norm(z1, axis=1, keepdims=True)
+    unit2 = z2 / np.linalg.norm(z2, axis=1, keepdims=True)
+    got = info_nce(torch.tensor(z1), torch.tensor(z2), 0.1, cosine=True).item()
+    assert got == pytest.approx(paper_layer_loss(unit1, unit2, 0.1), rel=1e-5)
+
+
 def test_perfectly_matched_views_give_full_accuracy_and_low_loss() -> None:
     csf = method()
     z = torch.eye(6).view(6, 6, 1, 1) * 3

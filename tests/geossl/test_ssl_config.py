@@ -57,6 +57,16 @@ def test_a_bad_config_is_one_line_and_exit_2(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_dataset_leaves_no_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"method": {"name": "csf"}, "data": {"source": "nowhere"}}))
+    assert main(["train", str(path), "-o", str(tmp_path / "run")]) == 2
+    assert "nowhere: not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_file_and_bad_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "r")]) == 2
     assert "none.yaml: config file not found" in capsys.readouterr().err

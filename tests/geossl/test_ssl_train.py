@@ -158,6 +158,8 @@ def test_torchrun_two_ranks_killed_and_resumed(
     assert knn["n"] == 36
     assert main(["eval", str(run), str(labelled_dataset), "--bands", "naip.R,naip.G,naip.B"]) == 0
     assert "knn_top1" in capsys.readouterr().out
+    assert main(["eval", str(run), str(labelled_dataset), "--bands", "s2", "--json"]) == 0
+    assert {r["n"] for r in json.loads(capsys.readouterr().out)} >= {36}
     assert main(["eval", str(run), str(labelled_dataset), "--bands", "naip.X"]) == 2
     assert main(["export", str(run), str(tmp_path / "out.pt")]) == 0
     exported = torch.load(tmp_path / "out.pt")
