@@ -196,13 +196,14 @@ class TrainStream(IterableDataset):
         for _ in range(done * self.batch_size):
             next(records)
         for index in range(self.start + worker, self.end, workers):
+            # one generator per batch: fields that draw (e.g. GASSL's pair of images) and views
+            generator = torch.Generator().manual_seed(_mix(self.seed, self.rank, index))
             items = []
             while len(items) < self.batch_size:
-                fields = _decode(next(records), self.fields)
+                fields = _decode(next(records), self.fields, generator)
                 if fields is not None:
                     items.append(fields)
             batch = default_collate(items)
-            generator = torch.Generator().manual_seed(_mix(self.seed, self.rank, index))
             yield self.views(batch, index, generator)
 
     def _records(self, residue: int) -> Iterator[dict[str, Any]]:
@@ -247,10 +248,17 @@ def _mix(*parts: int) -> int:
 _skipped = {"count": 0}
 
 
-def _decode(raw: dict[str, Any], fields: Fields) -> dict[str, Any] | None:
-    """A raw record → the method's fields; damaged samples are skipped and counted."""
+def _decode(
+    raw: dict[str, Any], fields: Fields, generator: torch.Generator | None = None
+) -> dict[str, Any] | None:
+    """A raw record → the method's fields; damaged samples are skipped and counted.
+
+    Fields with `draws = True` take the batch's generator as a second argument."""
     try:
-        return fields(Sample.from_wds(raw))
+        sample = Sample.from_wds(raw)
+        if generator is not None and getattr(fields, "draws", False):
+            return fields(sample, generator)
+        return fields(sample)
     except (SampleError, ValueError, KeyError, OSError) as error:
         _skipped["count"] += 1
         if _skipped["count"] <= 5 or _skipped["count"] % 1000 == 0:
@@ -290,10 +298,10 @@ class Normalization:
 
 
 def band_layers(sample: Sample, slot: str) -> dict[str, tuple[np.ndarray, Any]]:
-    """{"sensor.band": (2-D array, nodata)} of one slot of a common-grid sample."""
+    """{"sensor.band": (2-D array, nodata)} of one slot (native layout: of every group)."""
     layers = {}
     for suffix, info in sample.infos.items():
-        if info.slot != slot or info.group is not None:
+        if info.slot != slot:
             continue
         image = sample.images[suffix]
         for i, band in enumerate(info.bands):

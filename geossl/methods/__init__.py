@@ -5,9 +5,11 @@ from __future__ import annotations
 from geossl.config import TrainConfig
 from geossl.data import Normalization
 from geossl.methods.base import Method, StepOutput
+from geossl.methods.caco import CACo
 from geossl.methods.csf import CSF
+from geossl.methods.gassl import GASSL
 
-METHODS: dict[str, type[Method]] = {"csf": CSF}
+METHODS: dict[str, type[Method]] = {"csf": CSF, "gassl": GASSL, "caco": CACo}
 
 __all__ = ["METHODS", "Method", "StepOutput", "build_method"]
 
