@@ -68,6 +68,7 @@ def embed(
     bands: list[str] | None = None,
     batch_size: int = 64,
     workers: int = 0,
+    slot: str | None = None,
 ) -> Embedded:
     """Features of every labelled sample of `source` under each encoder."""
     first = next(iter(encoders.values()))
@@ -77,7 +78,7 @@ def embed(
         if unknown:
             raise UserError(f"--bands {unknown}: not bands of this encoder; it has {known}")
     present = [b in bands for b in known] if bands else None
-    fields = ImageStack(first.normalization, first.config.data.slot)
+    fields = ImageStack(first.normalization, slot or first.config.data.slot)
     limit = first.config.data.max_member_bytes
     stream = SampleStream(dataset_urls(source), fields, max_member_bytes=limit)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
@@ -176,10 +177,11 @@ def evaluate(
     pca: int | None = None,
     batch_size: int = 64,
     workers: int = 0,
+    slot: str | None = None,
 ) -> tuple[list[Row], Embedded]:
     config, trained, _ = load_run(run)
     encoders = {"trained": trained, "random": random_twin(trained, config.seed)}
-    embedded = embed(encoders, source, bands, batch_size, workers)
+    embedded = embed(encoders, source, bands, batch_size, workers, slot)
     if embedded.missing_bands:
         log.warning("the dataset has no values for bands %s: they are zero", embedded.missing_bands)
     return score(embedded, k, pca, config.seed), embedded

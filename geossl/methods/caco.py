@@ -179,14 +179,19 @@ class CACoFields:
     def __init__(self, normalization: Normalization, sensor: str) -> None:
         self.norm, self.sensor = normalization, sensor
 
-    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> dict[str, Any]:
-        g = generator or torch.Generator().manual_seed(0)
+    def year_series(self, sample: Sample) -> tuple[dict, list[int], int]:
+        """({resolution group: {year group: [season images]}}, year groups, 10 m side)."""
         groups = sorted(sample.meta["grids"]) if "grids" in sample.meta else [None]
         series = {group: sample.year_groups(self.sensor, group) for group in groups}
         years = sorted(set.intersection(*(set(s) for s in series.values())))
         if len(years) < 2:
             raise SampleError(f"sample {sample.key}: needs two year groups, has {years}")
         size = max(s[years[0]][0].array.shape[-1] for s in series.values())
+        return series, years, size
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> dict[str, Any]:
+        g = generator or torch.Generator().manual_seed(0)
+        series, years, size = self.year_series(sample)
         out: dict[str, list[torch.Tensor]] = {"t0": [], "t1": [], "t2": []}
         for year in (years[0], years[-1]):
             seasons = min(len(s[year]) for s in series.values())

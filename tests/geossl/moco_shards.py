@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _grid(size: int, gsd: float) -> dict:
-    transform = [gsd, 0.0, 500000.0, 0.0, -gsd, 4600000.0]
+def _grid(size: int, gsd: float, east: float = 500000.0) -> dict:
+    transform = [gsd, 0.0, east, 0.0, -gsd, 4600000.0]
     return {"crs": "EPSG:32615", "transform": transform, "width": size, "height": size, "gsd": gsd}
 
 
@@ -21,11 +21,13 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _entry(member: str, sensor: str, slot: str, group, bands, array, grid, nodata=None) -> dict:
+def _entry(
+    member: str, sensor: str, slot: str, group, bands, array, grid, nodata=None, year=2017
+) -> dict:
     return {
         "member": member, "sensor": sensor, "slot": slot, "group": group, "bands": bands,
         "dtype": str(array.dtype), "shape": list(array.shape), "nodata": nodata, "grid": grid,
-        "datetime": f"20{17 + int(slot[1:]) if slot[1:].isdigit() else 19}-06-01T00:00:00Z",
+        "datetime": f"{year}-06-01T00:00:00Z",
     }  # fmt: skip
 
 
@@ -64,8 +66,15 @@ def write_fmow(
             members[f"{key}.fmow.t{t}.npy"] = _npy(array)
             images.append(
                 _entry(
-                    f"fmow.t{t}.npy", "fmow", f"t{t}", None, ["red", "green", "blue"], array, grid
-                )
+                    f"fmow.t{t}.npy",
+                    "fmow",
+                    f"t{t}",
+                    None,
+                    ["red", "green", "blue"],
+                    array,
+                    grid,
+                    year=2015 + t,
+                )  # fmt: skip
             )
         doc = {
             "id": key, "lat": 10.0 + i, "lon": 20.0, "label": label, "cluster": i % clusters,
@@ -77,17 +86,24 @@ def write_fmow(
 
 
 GROUPS = {"10m": (["B02", "B03", "B04"], 1), "20m": (["B05"], 2)}
+YEARS = (2019, 2022)
+
+
+def footprint_east(i: int) -> float:
+    """Western edge (UTM 15N metres) of multi-year location i; locations lie 1 km apart."""
+    return 500000.0 + 1000.0 * i
 
 
 def write_multiyear(
     root: Path, n: int = 8, size: int = 16, seasons: int = 3, seed: int = 0, per_shard: int = 4
 ) -> Path:
-    """Native-layout S2 locations with slots y0sS and y1sS; odd locations change between years."""
+    """Native-layout S2 locations with slots y0sS (2019) and y1sS (2022) and 10 m patches
+    starting at `footprint_east(i)`; odd locations change between the years."""
     rng = np.random.default_rng(seed)
     samples = []
     for i in range(n):
         key = f"caco{i:04d}"
-        grids = {g: _grid(size // f, 10.0 * f) for g, (_, f) in GROUPS.items()}
+        grids = {g: _grid(size // f, 10.0 * f, footprint_east(i)) for g, (_, f) in GROUPS.items()}
         members, images = {}, []
         for year in (0, 1):
             level = 800 + 100 * (i % 4) + (600 if year and i % 2 else 0)
@@ -99,7 +115,17 @@ def write_multiyear(
                     member = f"s2.y{year}s{s}.{group}.npy"
                     members[f"{key}.{member}"] = _npy(array)
                     images.append(
-                        _entry(member, "s2", f"y{year}s{s}", group, bands, array, grids[group], 0)
+                        _entry(
+                            member,
+                            "s2",
+                            f"y{year}s{s}",
+                            group,
+                            bands,
+                            array,
+                            grids[group],
+                            0,
+                            YEARS[year],
+                        )  # fmt: skip
                     )
         doc = {
             "id": key, "lat": 1.0, "lon": 2.0 + i, "label": None, "cluster": i % 2,

@@ -238,3 +238,20 @@ def test_caco_modes_and_queue_validation() -> None:
 
     with pytest.raises(UserError, match="multiple of the 8 rows"):
         build({"name": "caco", "queue_size": 20}, batch=4)
+
+
+def test_paper_values_are_the_defaults_and_the_recipes() -> None:
+    from geossl.config import CACoConfig, GASSLConfig, load_config
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes" / "train"
+    gassl = load_config(recipes / "gassl.yaml")
+    assert gassl.method == GASSLConfig()  # the recipe spells out the defaults
+    assert (gassl.method.temperature, gassl.method.queue_size, gassl.method.momentum) == (
+        0.2, 65536, 0.999,
+    )  # fmt: skip
+    assert (gassl.optim.name, gassl.optim.lr, gassl.trainer.batch_size) == ("sgd", 1e-3, 256)
+    caco = load_config(recipes / "caco.yaml")
+    assert caco.method.temperature == 0.07 and caco.method.ema_beta == 0.8
+    assert caco.method.long_term == "changed" and caco.method.queue_size == 16384
+    assert CACoConfig().temperature == 0.07 and caco.data.bands == ["s2.B04", "s2.B03", "s2.B02"]
+    assert caco.method.queue_size % (2 * caco.trainer.batch_size) == 0

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,30 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def torchrun_train(config: Path, run: Path) -> Callable[[], list[str]]:
+    """`geossl train` on two ranks (a fresh port at every call)."""
+
+    def command() -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            f"--master_port={free_port()}", "-m", "geossl", "train", str(config), "-o", str(run),
+        ]  # fmt: skip
+
+    return command
+
+
+def start_and_kill(command: Callable[[], list[str]], env: dict, run: Path) -> str:
+    """Start a run, kill it at its first checkpoint as a crash would; its output."""
+    first = subprocess.Popen(command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # a crash: the ranks (torchrun starts each in its own session) and the launcher die at once
+    for pid in [*children(first.pid), first.pid]:
+        os.kill(pid, signal.SIGKILL)
+    return first.communicate()[0].decode()
 
 
 def fresh_torchvision(arch: str, channels: int, state: dict) -> torch.nn.Module:
@@ -100,22 +125,8 @@ def test_torchrun_two_ranks_killed_and_resumed(
         tmp_path, tiny_dataset, trainer={"steps": steps, "checkpoint_every": 2, "log_every": 5}
     )
     run = tmp_path / "run"
-
-    def command() -> list[str]:
-        return [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            f"--master_port={free_port()}", "-m", "geossl", "train", str(config), "-o", str(run),
-        ]  # fmt: skip
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while not checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    # a crash: the ranks (torchrun starts each in its own session) and the launcher die at once
-    for pid in [*children(first.pid), first.pid]:
-        os.kill(pid, signal.SIGKILL)
-    output = first.communicate()[0].decode()
+    command, env = torchrun_train(config, run), {**os.environ, "OMP_NUM_THREADS": "1"}
+    output = start_and_kill(command, env, run)
     killed_at = [int(p.name[4:12]) for p in checkpoints(run)]
     assert killed_at and max(killed_at) < steps, output[-2000:]
 
