@@ -255,3 +255,38 @@ def test_paper_values_are_the_defaults_and_the_recipes() -> None:
     assert caco.method.long_term == "changed" and caco.method.queue_size == 16384
     assert CACoConfig().temperature == 0.07 and caco.data.bands == ["s2.B04", "s2.B03", "s2.B02"]
     assert caco.method.queue_size % (2 * caco.trainer.batch_size) == 0
+
+
+def _shuffled_keys_rank(rank: int, init: str, outs: list[str]) -> None:
+    """One gloo rank: keys through the cross-rank shuffle vs the same keys computed locally."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        model = build({"name": "gassl", "geo": False, "queue_size": 16})
+        model.eval()  # BN from running statistics: a key no longer depends on its batch mates
+        x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(rank))
+        (shuffled,) = model.keys(x, step=7)
+        with torch.no_grad():
+            local = torch.nn.functional.normalize(
+                model.key_heads[0](model.key_encoder(x)["pool"]), dim=1
+            )
+        model.enqueue([local])
+        torch.save({"shuffled": shuffled, "local": local, "queue": model.queue[0, :6]}, outs[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_shuffled_bn_returns_each_rank_its_own_keys_and_the_queue_gets_all(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'store'}"
+    outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
+    mp.spawn(_shuffled_keys_rank, args=(init, outs), nprocs=2, join=True)
+    results = [torch.load(o) for o in outs]
+    for result in results:
+        assert torch.allclose(result["shuffled"], result["local"], atol=1e-5)
+    everyone = torch.cat([r["local"] for r in results])  # rank 0's rows, then rank 1's
+    for result in results:
+        assert torch.allclose(result["queue"], everyone, atol=1e-6)
