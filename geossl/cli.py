@@ -14,9 +14,14 @@ EPILOG = """examples:
   geossl train recipes/train/demo/csf.yaml -o runs/csf
   geossl train recipes/train/csf.yaml -o runs/csf --set trainer.batch_size=256
   torchrun --nproc_per_node=8 -m geossl train recipes/train/csf.yaml -o runs/csf
+  geossl train recipes/train/demo/gassl.yaml -o runs/gassl --set method.geo=false
+  geossl train recipes/train/demo/caco.yaml -o runs/caco-moco --set method.long_term=never
   geossl eval runs/csf demo-out/csf-osm-eval --json
   geossl eval runs/csf demo-out/csf-osm-eval --bands naip.image_0,naip.image_1,naip.image_2
-  geossl eval runs/caco demo-out/caco --change-truth demo-out/world/truth/landcover.parquet
+  geossl eval runs/gassl demo-out/fmow
+  geossl eval runs/caco demo-out/csf-osm-eval --slot t0
+  geossl eval runs/caco demo-out/caco --change-truth demo-out/world/truth/landcover.parquet \\
+      --compare moco=runs/caco-moco
   geossl export runs/csf backbone.pt
 """
 
