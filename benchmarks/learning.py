@@ -6,6 +6,11 @@ config (recipes/train/demo/<method>.yaml) into DIR/runs/<method>, evaluates the 
 randomly initialised encoder of the same architecture on the method's labelled set, prints the
 table and writes the rows of `geossl eval --json` with a "method" field (and "bands" for rows
 of a band subset). Training throughput (samples/s) and wall time are printed.
+
+CACo also gets `change_auc` (`geossl eval --change-truth`): its locations ranked by the embedding
+distance between their year groups against the demo world's 2019→2022 land-cover change, for
+the trained encoder, random init and plain MoCo-v2 (the same config with `long_term: never`,
+trained into DIR/runs/caco-moco, encoder `moco`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ class Benchmark:
     band_subsets: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # labels from a table instead of the samples' own: (CSV under DIR, its label column)
     labels: tuple[str, str] | None = None
+    # the labelled set's slot when it differs from the training slot (CACo trains on y0s0)
+    slot: str | None = None
+    # change_auc: the world's land-cover truth (relative to DIR), and the overrides of the
+    # baseline run that lacks the method's idea (its encoder is reported as "moco")
+    change_truth: str | None = None
+    baseline: tuple[str, ...] = ()
 
 
 # GASSL, CACo and SoundingEarth add their entries (and their own metrics) here.
@@ -43,6 +54,16 @@ BENCHMARKS: dict[str, Benchmark] = {
         "csf-osm-eval",
         # CSF's any-subset inference: NAIP alone (the sensor names of the demo recipes)
         band_subsets=(("naip", ("naip.",)),),
+    ),
+    # linear probe (and k-NN) on the fMoW category of held-out locations
+    "gassl": Benchmark("fmow", "fmow"),
+    # k-NN and probe on the OSM land-cover classes imaged by Sentinel-2; change AUC
+    "caco": Benchmark(
+        "caco",
+        "csf-osm-eval",
+        slot="t0",
+        change_truth="world/truth/landcover.parquet",
+        baseline=("method.long_term=never",),
     ),
     # retrieval on the held-out recordings (i2a_recall@10, a2i_recall@10, chance_recall@10) and
     # the image encoder's k-NN on each recording's land cover, known to the demo world
@@ -65,17 +86,19 @@ def ensure_demo(out: Path, names: set[str]) -> None:
         raise SystemExit(f"geoprep demo did not build {missing} in {out}")
 
 
-def train_method(name: str, out: Path, steps: int | None) -> tuple[Path, float, int, int]:
+def train_method(
+    name: str, out: Path, steps: int | None, extra: tuple[str, ...] = (), run_name: str = ""
+) -> tuple[Path, float, int, int]:
     """Train the method's demo config on DIR/<pretrain>; (run, seconds, steps, batch size)."""
     from geossl.config import load_config
     from geossl.train import checkpoints, train
 
     spec = BENCHMARKS[name]
-    overrides = [f"data.source={out / spec.pretrain}"]
+    overrides = [f"data.source={out / spec.pretrain}", *extra]
     if steps:
         overrides.append(f"trainer.steps={steps}")
     config = load_config(TRAIN_RECIPES / f"{name}.yaml", overrides)
-    run = out / "runs" / name
+    run = out / "runs" / (run_name or name)
     done = checkpoints(run)
     start = int(done[-1].name[4:12]) if done else 0
     started = time.perf_counter()
@@ -91,7 +114,7 @@ def evaluate_method(name: str, out: Path, run: Path) -> tuple[list[dict[str, Any
     spec = BENCHMARKS[name]
     dataset = str(out / spec.evaluate)
     labels = read_labels(out / spec.labels[0], spec.labels[1]) if spec.labels else None
-    rows, embedded = evaluate(run, dataset, labels=labels)
+    rows, embedded = evaluate(run, dataset, labels=labels, slot=spec.slot)
     found = rows_json(rows, method=name, dataset=spec.evaluate)
     text = [table(rows, embedded)]
     bands = load_run(run)[1].bands
@@ -99,11 +122,30 @@ def evaluate_method(name: str, out: Path, run: Path) -> tuple[list[dict[str, Any
         subset = [b for b in bands if b.startswith(prefixes)]
         if not subset or len(subset) == len(bands):
             continue
-        sub_rows, _ = evaluate(run, dataset, subset, labels=labels)
+        sub_rows, _ = evaluate(run, dataset, subset, labels=labels, slot=spec.slot)
         found += rows_json(sub_rows, method=name, dataset=spec.evaluate, bands=label)
         text.append(f"bands: {label} only ({len(subset)} of {len(bands)})")
         text.append(table(sub_rows))
+    if spec.change_truth:
+        change_rows, counts = change_rows_of(name, out, run)
+        found += rows_json(change_rows, method=name, dataset=spec.pretrain)
+        text.append(f"change ({counts['changed']} of {counts['locations']} locations changed)")
+        text.append(table(change_rows))
     return found, "\n".join(text)
+
+
+def change_rows_of(name: str, out: Path, run: Path) -> tuple[list[Any], dict[str, int]]:
+    """change_auc of the trained, random and baseline ("moco") encoders on the pretraining set."""
+    from geossl.change import change_auc
+    from geossl.evaluate import random_twin
+    from geossl.train import load_run
+
+    spec = BENCHMARKS[name]
+    config, trained, _ = load_run(run)
+    encoders = {"trained": trained, "random": random_twin(trained, config.seed)}
+    encoders["moco"] = load_run(out / "runs" / f"{name}-moco")[1]
+    sensor = getattr(config.method, "sensor", "s2")
+    return change_auc(encoders, str(out / spec.pretrain), out / spec.change_truth, sensor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for name in names:
         run, seconds, steps, batch = train_method(name, out, args.steps)
+        if BENCHMARKS[name].baseline:
+            train_method(name, out, args.steps, BENCHMARKS[name].baseline, f"{name}-moco")
         rate = steps * batch / seconds if steps else 0.0
         found, text = evaluate_method(name, out, run)
         print(f"\n== {name}: {steps} steps × {batch} in {seconds:.0f} s ({rate:.1f} samples/s)")

@@ -14,11 +14,17 @@ EPILOG = """examples:
   geossl train recipes/train/demo/csf.yaml -o runs/csf
   geossl train recipes/train/csf.yaml -o runs/csf --set trainer.batch_size=256
   torchrun --nproc_per_node=8 -m geossl train recipes/train/csf.yaml -o runs/csf
+  geossl train recipes/train/demo/gassl.yaml -o runs/gassl --set method.geo=false
+  geossl train recipes/train/demo/caco.yaml -o runs/caco-moco --set method.long_term=never
   geossl eval runs/csf demo-out/csf-osm-eval --json
   geossl eval runs/csf demo-out/csf-osm-eval --bands naip          # one sensor's bands
   geossl eval runs/soundingearth demo-out/aporee \
       --labels demo-out/world/aporee/recordings.csv --label-column land_cover
   geossl eval runs/csf demo-out/csf-osm-eval --bands naip.image_0,naip.image_1,naip.image_2
+  geossl eval runs/gassl demo-out/fmow
+  geossl eval runs/caco demo-out/csf-osm-eval --slot t0
+  geossl eval runs/caco demo-out/caco --change-truth demo-out/world/truth/landcover.parquet \\
+      --compare moco=runs/caco-moco
   geossl export runs/csf backbone.pt
 """
 
@@ -79,6 +85,31 @@ def parser() -> argparse.ArgumentParser:
         "--label-column", default="label", help="the --labels column to use (default label)"
     )
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument(
+        "--slot",
+        help="the dataset's image slot to embed (default: the training data.slot), e.g. t0 "
+        "for a labelled single-date set evaluating a CACo run trained on y0s0",
+    )
+    ev.add_argument(
+        "--change-truth",
+        metavar="FILE",
+        help="land-cover truth over time (e.g. demo-out/world/truth/landcover.parquet): instead "
+        "of k-NN and the probe, rank the multi-year dataset's locations by the embedding "
+        "distance between their year groups and report change_auc (ROC-AUC against it)",
+    )
+    ev.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=RUN",
+        help="with --change-truth: another run's encoder as a column, e.g. moco=runs/caco-never",
+    )
+    ev.add_argument(
+        "--min-changed",
+        type=float,
+        default=0.05,
+        help="with --change-truth: share of the patch whose land cover changed for 'changed'",
+    )
     ev.add_argument("--workers", type=int, default=0, help="DataLoader workers")
 
     ex = sub.add_parser("export", help="write the encoder of a run's newest checkpoint")
@@ -119,15 +150,49 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from geossl.evaluate import evaluate, read_labels, rows_json, table
 
+    if args.change_truth:
+        return _change(args)
     bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None
     labels = read_labels(args.labels, args.label_column) if args.labels else None
     rows, embedded = evaluate(
-        Path(args.run), args.dataset, bands, args.k, args.pca, args.batch_size, args.workers, labels
+        Path(args.run),
+        args.dataset,
+        bands,
+        args.k,
+        args.pca,
+        args.batch_size,
+        args.workers,
+        labels,
+        args.slot,
     )
     if args.json:
         print(json.dumps(rows_json(rows), indent=1))
     else:
         print(table(rows, embedded))
+    return 0
+
+
+def _change(args: argparse.Namespace) -> int:
+    from geossl.change import change_auc
+    from geossl.evaluate import random_twin, rows_json, table
+    from geossl.train import load_run
+
+    config, trained, _ = load_run(Path(args.run))
+    encoders = {"trained": trained, "random": random_twin(trained, config.seed)}
+    for item in args.compare:
+        name, sep, run = item.partition("=")
+        if not sep or not name or not run:
+            raise UserError(f"--compare {item!r}: expected NAME=RUN, e.g. moco=runs/caco-never")
+        encoders[name] = load_run(Path(run))[1]
+    sensor = getattr(config.method, "sensor", "s2")
+    rows, counts = change_auc(
+        encoders, args.dataset, args.change_truth, sensor, args.min_changed, args.batch_size
+    )
+    if args.json:
+        print(json.dumps(rows_json(rows), indent=1))
+    else:
+        print(table(rows))
+        print(f"{counts['changed']} of {counts['locations']} locations changed")
     return 0
 
 

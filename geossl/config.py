@@ -147,10 +147,84 @@ class SoundingEarthConfig(Strict):
         return centre, low, high, self.view_px or low
 
 
-# One entry per method; GASSL, CACo and SoundingEarth add theirs here.
-MethodConfig = Annotated[CSFConfig | SoundingEarthConfig, Field(discriminator="name")]
+class MoCoFields(Strict):
+    """The MoCo-v2 core shared by GASSL and CACo: momentum key encoder, MLP head(s), queue(s)."""
+
+    temperature: float = Field(0.2, gt=0.0)
+    # Negatives kept per queue; every global batch is enqueued whole (wrapping around).
+    queue_size: int = Field(65536, ge=1)
+    # Key encoder (and key heads) = momentum · key + (1 − momentum) · query, every step.
+    momentum: float = Field(0.999, ge=0.0, le=1.0)
+    # MLP head: Linear(d, hidden) – ReLU – Linear(hidden, dim); hidden null = backbone width d.
+    dim: int = Field(128, ge=1)
+    hidden: int | None = Field(None, ge=1)
+    # Under DDP the key encoder's batch is shuffled across ranks (MoCo's shuffled BN).
+    shuffle_bn: bool = True
+
+
+class GASSLConfig(MoCoFields):
+    """Geography-Aware SSL (methods.md §2): MoCo-v2, temporal positives, a geo-cluster head."""
+
+    name: Literal["gassl"] = "gassl"
+    # Variants: MoCo-v2 (both false), +TP (temporal), +Geo (geo), +Geo+TP (both: the default).
+    temporal: bool = True
+    geo: bool = True
+    alpha: float = Field(1.0, ge=0.0)  # weight of InfoNCE
+    beta: float = Field(1.0, ge=0.0)  # weight of the geo-cluster cross-entropy
+    # Paper: τ = 0.2. Code (README command): 0.02.
+    temperature: float = Field(0.2, gt=0.0)
+    # Paper: "a linear classifier" on the query's head output. Code: ReLU then Linear(128, K).
+    geo_head: Literal["linear", "relu-linear"] = "linear"
+    # Resize(448) → RandomResizedCrop(224): views are `crop_fraction` of the patch side, areas
+    # drawn from `crop_scale` of it (temporal branch: torchvision's default 0.08-1; the
+    # non-temporal baseline of the code: 0.2-1), aspect ratios 3/4-4/3.
+    crop_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    # ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 (hue only for three-band RGB), grayscale p 0.2,
+    # Gaussian blur σ ∈ [0.1, 2] × patch/224 with p 0.5, horizontal flip p 0.5.
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(0.5, ge=0.0, le=1.0)
+    # fMoW imagery: the sensor name of the sample's images (geoprep's fMoW builder: "fmow").
+    sensor: str = "fmow"
+
+
+class CACoConfig(MoCoFields):
+    """Change-Aware Contrastive (methods.md §3): SeCo's three subspaces, long-term negatives."""
+
+    name: Literal["caco"] = "caco"
+    temperature: float = Field(0.07, gt=0.0)
+    # One queue per subspace, [3, 128, 16384] in the code; its size must be a multiple of the
+    # global batch so that a queue column's parity is its year group.
+    queue_size: int = Field(16384, ge=2)
+    # Long-term negatives (the same location in the other year group): "changed" = only for
+    # locations the GMM judges changed (CACo); "never" = SeCo/MoCo-v2 without change
+    # awareness; "always" = the code's `teco` mode.
+    long_term: Literal["changed", "never", "always"] = "changed"
+    # EMA of the change ratio per (location, year group): r = β·r_prev + (1 − β)·R (code: β 0.8).
+    ema_beta: float = Field(0.8, ge=0.0, lt=1.0)
+    # Steps per epoch: the GMM threshold is refit after each (null: from the dataset's manifest,
+    # 2 × train locations / global batch).
+    epoch_steps: int | None = Field(None, ge=1)
+    sensor: str = "s2"
+    # SeCo's crop: RandomResizedCrop(224, scale 0.2-1) of 264 px patches.
+    crop_fraction: float = Field(224 / 264, gt=0.0, le=1.0)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(0.5, ge=0.0, le=1.0)
+
+
+# One entry per method.
+MethodConfig = Annotated[
+    CSFConfig | GASSLConfig | CACoConfig | SoundingEarthConfig, Field(discriminator="name")
+]
 METHOD_CONFIGS: dict[str, type[BaseModel]] = {
     "csf": CSFConfig,
+    "gassl": GASSLConfig,
+    "caco": CACoConfig,
     "soundingearth": SoundingEarthConfig,
 }
 

@@ -196,16 +196,14 @@ class TrainStream(IterableDataset):
         for _ in range(done * self.batch_size):
             next(records)
         for index in range(self.start + worker, self.end, workers):
+            # one generator per batch: fields that draw (e.g. GASSL's pair of images) and views
+            generator = torch.Generator().manual_seed(_mix(self.seed, self.rank, index))
             items = []
-            # fields that draw (e.g. a spectrogram window) get a generator of the batch index,
-            # so a resumed run draws what the interrupted one would have
-            drawn = torch.Generator().manual_seed(_mix(self.seed, self.rank, index, "fields"))
             while len(items) < self.batch_size:
-                fields = _decode(next(records), self.fields, drawn)
+                fields = _decode(next(records), self.fields, generator)
                 if fields is not None:
                     items.append(fields)
             batch = default_collate(items)
-            generator = torch.Generator().manual_seed(_mix(self.seed, self.rank, index))
             yield self.views(batch, index, generator)
 
     def _records(self, residue: int) -> Iterator[dict[str, Any]]:
@@ -255,11 +253,12 @@ def _decode(
 ) -> dict[str, Any] | None:
     """A raw record → the method's fields; damaged samples are skipped and counted.
 
-    Fields with a true `random` attribute are called with `generator` (None: evaluation)."""
+    Fields with `draws = True` take the batch's generator as a second argument."""
     try:
-        if getattr(fields, "random", False):
-            return fields(Sample.from_wds(raw), generator)  # type: ignore[call-arg]
-        return fields(Sample.from_wds(raw))
+        sample = Sample.from_wds(raw)
+        if generator is not None and getattr(fields, "draws", False):
+            return fields(sample, generator)
+        return fields(sample)
     except (SampleError, ValueError, KeyError, OSError) as error:
         _skipped["count"] += 1
         if _skipped["count"] <= 5 or _skipped["count"] % 1000 == 0:
@@ -299,10 +298,10 @@ class Normalization:
 
 
 def band_layers(sample: Sample, slot: str) -> dict[str, tuple[np.ndarray, Any]]:
-    """{"sensor.band": (2-D array, nodata)} of one slot of a common-grid sample."""
+    """{"sensor.band": (2-D array, nodata)} of one slot (native layout: of every group)."""
     layers = {}
     for suffix, info in sample.infos.items():
-        if info.slot != slot or info.group is not None:
+        if info.slot != slot:
             continue
         image = sample.images[suffix]
         for i, band in enumerate(info.bands):

@@ -75,6 +75,7 @@ def embed(
     batch_size: int = 64,
     workers: int = 0,
     table: dict[str, str] | None = None,
+    slot: str | None = None,
 ) -> Embedded:
     """Features of every labelled sample of `source` under each encoder; `table` (see
     `read_labels`) replaces the JSON's labels, looked up by key or recording identifier."""
@@ -91,7 +92,7 @@ def embed(
     if hasattr(first, "image_fields"):  # the method's own image decoding (sensor fallback)
         fields = first.image_fields()
     else:
-        fields = ImageStack(first.normalization, first.config.data.slot)
+        fields = ImageStack(first.normalization, slot or first.config.data.slot)
     limit = first.config.data.max_member_bytes
     stream = SampleStream(dataset_urls(source), fields, max_member_bytes=limit)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
@@ -195,6 +196,7 @@ def evaluate(
     batch_size: int = 64,
     workers: int = 0,
     labels: dict[str, str] | None = None,
+    slot: str | None = None,
 ) -> tuple[list[Row], Embedded | None]:
     config, trained, _ = load_run(run)
     encoders = {"trained": trained, "random": random_twin(trained, config.seed)}
@@ -202,7 +204,7 @@ def evaluate(
     if hasattr(trained, "embed_audio"):
         rows += retrieval(encoders, source, batch_size=batch_size, workers=workers)
     try:
-        embedded = embed(encoders, source, bands, batch_size, workers, labels)
+        embedded = embed(encoders, source, bands, batch_size, workers, labels, slot)
     except UserError as error:
         if not rows or "no labelled samples" not in str(error):
             raise

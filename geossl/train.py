@@ -192,6 +192,9 @@ class PretrainModule(L.LightningModule):
             value = value.detach() if torch.is_tensor(value) else value
             self.log(name, value, prog_bar=name == "accuracy")
         self.log("lr", self.optimizers().param_groups[0]["lr"])
+        if out.histograms and self.global_rank == 0 and self.logger is not None:
+            for name, values in out.histograms.items():
+                self.logger.experiment.add_histogram(name, values, self.global_step)
         return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -36,6 +36,8 @@ class StepOutput:
 
     loss: torch.Tensor
     metrics: dict[str, Any] = field(default_factory=dict)
+    # arrays logged as TensorBoard histograms at this step (e.g. CACo's change ratios)
+    histograms: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(nn.Module, ABC):

@@ -115,7 +115,7 @@ def spectrogram_window(
 class SoundingEarthFields:
     """A sample → "image" (C, H, W) normalised, "audio" (1, n_mels, window), "fallback"."""
 
-    random = True  # called with the batch's generator (a spectrogram window per step)
+    draws = True  # called with the batch's generator (a spectrogram window per step)
 
     def __init__(
         self,
