@@ -5,6 +5,7 @@ The public API (what users and geossl import; every other module is internal):
     load_recipe, plan, build            recipe → locations → shards
     inspect_dataset                     check a built dataset and compute its band statistics
     open_dataset, shard_urls            a dataset's tars, streamed as `Sample`s
+    tar_members, UnsafeShardError       one shard's members, read as untrusted input
     decoder, Sample, GeoArray           decode WebDataset members, keeping georeferencing
 
 Inside, one folder per stage in data-flow order: core/, recipe/, planning/, building/, shards/
@@ -29,6 +30,8 @@ _PUBLIC = {
     "inspect_dataset": "geoprep.inspect.dataset",
     "open_dataset": "geoprep.reader",
     "shard_urls": "geoprep.shards.listing",
+    "tar_members": "geoprep.shards.untrusted",
+    "UnsafeShardError": "geoprep.shards.untrusted",
     "decoder": "geoprep.reader",
     "Sample": "geoprep.reader",
     "GeoArray": "geoprep.reader",

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import random
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from webdataset.tariterators import group_by_keys
 
-from geoprep import Sample, SampleError, UserError, shard_urls
+from geoprep import Sample, SampleError, UserError, shard_urls, tar_members
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,7 @@ Views = Callable[[dict[str, torch.Tensor], int, torch.Generator], dict[str, torc
 
 def dataset_urls(source: str | Sequence[str]) -> list[str]:
     """The tar URLs of a dataset (see geoprep.shard_urls); command URLs are refused."""
-    urls = shard_urls(source if isinstance(source, str) else list(source))
-    for url in urls:
-        if url.startswith("pipe:") or url == "-":
-            raise UserError(f"{url}: shell-command URLs are not read (shards are untrusted)")
+    urls = shard_urls(source if isinstance(source, str) else list(source))  # refuses pipe: URLs
     if not urls:
         raise UserError(f"{source}: no shards found")
     return urls
@@ -67,19 +63,6 @@ def dataset_digest(source: str | Sequence[str]) -> str:
             recipe = None
     doc = {"recipe_digest": recipe, "shards": [u.rsplit("/", 1)[-1] for u in urls]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def tar_members(url: str, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """Regular members of one tar as {"fname", "data", "__url__"}, refusing oversized ones."""
-    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-        for info in tar:
-            if not info.isreg():
-                continue
-            if info.size > max_bytes:
-                raise SampleError(f"shard {url}: member {info.name} is {info.size} bytes")
-            data = tar.extractfile(info).read()
-            yield {"fname": info.name, "data": data, "__url__": url}
-            tar.members = []  # streaming: keep no index of past members
 
 
 def raw_samples(url: str, max_bytes: int) -> Iterator[dict[str, Any]]:

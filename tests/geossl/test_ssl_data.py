@@ -11,7 +11,7 @@ import torch
 from conftest import SENSORS, write_dataset
 from torch.utils.data import DataLoader
 
-from geoprep import open_dataset
+from geoprep import UnsafeShardError, UserError, open_dataset
 from geossl.data import (
     ImageStack,
     Normalization,
@@ -157,3 +157,60 @@ def test_no_sample_of_the_split_is_a_clear_error(tiny_dataset: Path) -> None:
     stream = train_stream(tiny_dataset, workers=1, split="nosuch")
     with pytest.raises(UserError, match="no sample of split 'nosuch'"):
         next(iter(stream))
+
+
+@pytest.mark.parametrize("url", ["pipe:touch /tmp/geossl-pwned", "-", "reference::x.tar"])
+def test_command_and_unknown_urls_are_refused(url: str) -> None:
+    with pytest.raises(UserError, match="not read"):
+        dataset_urls([url])
+
+
+@pytest.mark.parametrize(
+    ("member", "size", "why"),
+    [("../k0.json", 16, r"\.\."), ("k0.big.npy", 4096, "cap")],
+)
+def test_hostile_members_stop_the_stream(tmp_path: Path, member: str, size: int, why: str) -> None:
+    import io
+    import tarfile
+
+    shard = tmp_path / "hostile.tar"
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = size
+        tar.addfile(info, io.BytesIO(b"\0" * size))
+    stream = SampleStream(
+        [str(shard)], lambda s: {"x": torch.zeros(1)}, splits=None, max_member_bytes=1024
+    )
+    with pytest.raises(UnsafeShardError, match=why):
+        list(stream)
+
+
+class _Marker:
+    """Unpickling this creates a file: the proof that a reader ran code from a shard."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_pickle_member_is_never_unpickled(tmp_path: Path) -> None:
+    import io
+    import pickle
+    import tarfile
+
+    marker = tmp_path / "ran"
+    shard = tmp_path / "hostile.tar"
+    members = {
+        "k0.json": json.dumps({"split": "train"}).encode(),
+        "k0.state.pickle": pickle.dumps(_Marker(marker)),
+    }
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    stream = SampleStream([str(shard)], lambda s: {"x": torch.zeros(1)}, splits=None)
+    assert list(stream) == []  # the sample is refused (counted as damaged), not decoded
+    assert not marker.exists()
