@@ -731,3 +731,21 @@ def test_copy_of_items_is_untouched_by_signing(pc):
     before = copy.deepcopy(item.to_dict())
     catalog.sign(item)
     assert item.to_dict() == before
+
+
+@pytest.mark.parametrize("layout", ["current", "legacy", "json-assets"])
+def test_geoparquet_tells_a_collections_assets(tmp_path, layout):
+    """What the build's asset check compares a sensor's `assets` with (no item_assets here)."""
+    items = world_items()
+    write_geoparquet(tmp_path / "all.parquet", items, layout, parts=2)
+    catalog = GeoParquetCatalog(CatalogSpec(kind="geoparquet", url=str(tmp_path / "all.parquet")))
+    for collection in sorted({item.collection_id for item in items}):
+        first = next(item for item in items if item.collection_id == collection)
+        assert catalog.asset_names(collection) == set(first.assets)
+
+
+def test_legacy_naip_file_tells_its_assets():
+    catalog = GeoParquetCatalog(
+        CatalogSpec(kind="geoparquet", url=str(FIXTURES / "naip_legacy_stac-geoparquet.parquet"))
+    )
+    assert "image" in catalog.asset_names("naip")

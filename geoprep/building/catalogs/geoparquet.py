@@ -91,6 +91,20 @@ class GeoParquetCatalog(Catalog):
         except (OSError, ImportError, ValueError, pa.ArrowException) as error:
             raise UserError(f"catalog url {url}: cannot read stac-geoparquet ({error})") from None
 
+    def asset_names(self, collection: str) -> set[str] | None:
+        """The asset keys of the collection's first row (stac-geoparquet keeps no item_assets)."""
+        dataset = self._open(self.url_for(collection))
+        if "assets" not in dataset.schema.names:
+            return None
+        names = dataset.schema.names
+        rows = pads.field("collection") == collection if "collection" in names else None
+        first = dataset.head(1, columns=["assets"], filter=rows).to_pylist()
+        assets = _json_or_plain(first[0]["assets"]) if first else None
+        if not isinstance(assets, dict):
+            return None
+        # a struct column unified over parts lists every part's keys: absent ones are null
+        return {key for key, value in assets.items() if value is not None}
+
     def _rows(
         self, dataset: pads.Dataset, collection: str, start: dt.datetime, end: dt.datetime
     ) -> pads.Expression:
