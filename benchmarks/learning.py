@@ -80,7 +80,7 @@ def ensure_demo(out: Path, names: set[str]) -> None:
     print(f"building the demo world and datasets in {out} (geoprep demo) …", flush=True)
     script = Path(sys.executable).with_name("geoprep")
     geoprep = str(script) if script.exists() else (shutil.which("geoprep") or "geoprep")
-    subprocess.run([geoprep, "demo", str(out)], check=True)
+    subprocess.run([geoprep, "demo", str(out), "--train-steps", "0"], check=True)
     missing = [n for n in names if not (out / n / "index.json").exists()]
     if missing:
         raise SystemExit(f"geoprep demo did not build {missing} in {out}")

@@ -179,13 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run the main job on the demo world (what 'make demo' does)",
         description="Build the demo world under OUT/world if it is missing, serve it on "
-        "loopback, and run every stage on the demo recipes (recipes/demo/), ending with a "
-        "summary of what was built and where.",
+        "loopback, and run every stage on the demo recipes (recipes/demo/), then a short CSF "
+        "training run (geossl) evaluated beside a random-init encoder, ending with a summary of "
+        "what was built and where.",
     )
     p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="default demo-out")
     _add_world_args(p, "world size when the world must be built (default small)")
     p.add_argument(
         "--workers", type=int, default=2, help="build worker processes per dataset (default 2)"
+    )
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps of the closing CSF training run (default 100; 0 skips training)",
     )
     p.set_defaults(func=_cmd_demo)
     return parser
@@ -342,11 +350,16 @@ def _cmd_serve_demo(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from geoprep.demo.run import run_demo
+    from geoprep.demo.run import DEMO_TRAIN_STEPS, run_demo
 
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
-    run_demo(Path(args.out), seed=args.seed, scale=args.scale, workers=args.workers)
+    steps = DEMO_TRAIN_STEPS if args.train_steps is None else args.train_steps
+    if steps < 0:
+        raise UserError("--train-steps must be 0 (no training) or more")
+    run_demo(
+        Path(args.out), seed=args.seed, scale=args.scale, workers=args.workers, train_steps=steps
+    )
     return 0
 
 

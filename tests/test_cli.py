@@ -4,6 +4,7 @@ the demo world served by its own command, and exit codes that tell data problems
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -80,8 +81,32 @@ def test_demo_passes_its_worker_count(monkeypatch, tmp_path: Path) -> None:
     calls = []
     monkeypatch.setattr(geoprep.demo.run, "run_demo", lambda out, **kw: calls.append((out, kw)))
     assert main(["demo", str(tmp_path), "--workers", "3", "--scale", "tiny"]) == 0
-    assert calls == [(tmp_path, {"seed": 0, "scale": "tiny", "workers": 3})]
+    assert calls == [(tmp_path, {"seed": 0, "scale": "tiny", "workers": 3, "train_steps": 100})]
+    assert main(["demo", str(tmp_path), "--train-steps", "0"]) == 0
+    assert calls[-1][1]["train_steps"] == 0
     assert main(["demo", str(tmp_path), "--workers", "0"]) == 2
+    assert main(["demo", str(tmp_path), "--train-steps", "-1"]) == 2
+
+
+@pytest.mark.parametrize("failing", [None, "train", "eval"])
+def test_the_demo_ends_with_csf_training_and_its_evaluation(monkeypatch, tmp_path, failing):
+    ran = []
+
+    def fake_run(command, **kwargs):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 1 if command[3] == failing else 0)
+
+    monkeypatch.setattr(geoprep.demo.run.subprocess, "run", fake_run)
+    if failing:
+        with pytest.raises(UserError, match=f"geossl {failing}' failed"):
+            geoprep.demo.run.train_stage(tmp_path, 7)
+        return
+    result = geoprep.demo.run.train_stage(tmp_path, 7)
+    train, evaluate = ran
+    assert train[1:4] == ["-m", "geossl", "train"] and train[4].endswith("train/demo/csf.yaml")
+    assert f"data.source={tmp_path / 'csf'}" in train and "trainer.steps=7" in train
+    assert evaluate[3:] == ["eval", str(tmp_path / "runs" / "csf"), str(tmp_path / "csf-osm-eval")]
+    assert result.stage == "train" and result.out == tmp_path / "runs" / "csf"
 
 
 def test_serve_demo_is_its_own_command(monkeypatch, tmp_path: Path, capsys) -> None:

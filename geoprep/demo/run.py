@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 PLAN_RECIPES = ("urban", "osm-csf12")
 BUILD_RECIPES = ("csf", "caco", "csf-osm-eval", "aporee", "fmow", "fmow-sentinel")
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "demo"
+#: The short training run that ends the demo: CSF on the `csf` set, evaluated on `csf-osm-eval`.
+TRAIN_CONFIG = RECIPE_DIR.parent / "train" / "demo" / "csf.yaml"
+DEMO_TRAIN_STEPS = 100
 #: Metres kept between the CSF sets' locations and the edge of the NAIP imagery: more than
 #: half their 96 m patches.
 NAIP_INSET_M = 60.0
@@ -108,7 +113,9 @@ def demo_overrides(name: str, world: Path, services: WorldServices) -> list[str]
     return overrides
 
 
-def run_demo(out: Path, seed: int = 0, scale: str = "small", workers: int = 2) -> list[StageResult]:
+def run_demo(
+    out: Path, seed: int = 0, scale: str = "small", workers: int = 2, train_steps: int = 0
+) -> list[StageResult]:
     """Run every stage that exists on the demo world under `out`; return what each produced."""
     from geoprep.building.console import run_build
     from geoprep.planning.plan import plan
@@ -138,6 +145,8 @@ def run_demo(out: Path, seed: int = 0, scale: str = "small", workers: int = 2) -
             results.append(StageResult(name, "build", target, detail, built.seconds))
     for name in BUILD_RECIPES:
         results.append(inspect_stage(name, out / name))
+    if train_steps:
+        results.append(train_stage(out, train_steps))
     print_summary(results)
     reports = [r.out for r in results if r.stage == "inspect"]
     console.print("reports: " + ", ".join(str(path / "report.html") for path in reports))
@@ -155,6 +164,23 @@ def inspect_stage(name: str, dataset: Path) -> StageResult:
     verdict = "clean" if result.clean else f"{len(result.problems)} problems"
     detail = f"{verdict}; stats.json and report.html"
     return StageResult(name, "inspect", report, detail, time.perf_counter() - started)
+
+
+def train_stage(out: Path, steps: int) -> StageResult:
+    """A short CSF run on the demo's pretraining set, then its evaluation beside a random-init
+    encoder (the table is printed). geossl runs in a subprocess: geoprep never imports the
+    training side, and the run is the one `geossl train` would make (rerun: it resumes)."""
+    run = out / "runs" / "csf"
+    train = [sys.executable, "-m", "geossl", "train", str(TRAIN_CONFIG), "-o", str(run)]
+    train += ["--set", f"data.source={out / 'csf'}", "--set", f"trainer.steps={steps}"]
+    evaluate = [sys.executable, "-m", "geossl", "eval", str(run), str(out / "csf-osm-eval")]
+    started = time.perf_counter()
+    for command in (train, evaluate):
+        console.print(f"demo: {' '.join(command[1:])}")
+        if subprocess.run(command).returncode != 0:
+            raise UserError(f"demo: '{' '.join(command[2:4])}' failed (its message is above)")
+    detail = f"CSF, {steps} steps; evaluated on csf-osm-eval beside random init (table above)"
+    return StageResult("csf", "train", run, detail, time.perf_counter() - started)
 
 
 @contextmanager
