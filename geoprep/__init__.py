@@ -3,6 +3,7 @@
 The public API (what users and geossl import; every other module is internal):
 
     load_recipe, plan, build            recipe → locations → shards
+    load_settings, validate_settings    any YAML of typed settings (geossl's configs), --set, errors
     inspect_dataset                     check a built dataset and compute its band statistics
     open_dataset, shard_urls            a dataset's tars, streamed as `Sample`s
     tar_members, UnsafeShardError       one shard's members, read as untrusted input
@@ -25,6 +26,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # training process that only reads shards should not pay for.
 _PUBLIC = {
     "load_recipe": "geoprep.recipe.load",
+    "load_settings": "geoprep.recipe.load",
+    "validate_settings": "geoprep.recipe.load",
     "plan": "geoprep.planning.plan",
     "build": "geoprep.building.build",
     "inspect_dataset": "geoprep.inspect.dataset",

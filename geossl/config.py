@@ -10,19 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from geoprep import UserError
+from geoprep import UserError, load_settings, validate_settings
 
 
 class Strict(BaseModel):
@@ -301,100 +299,12 @@ class TrainConfig(Strict):
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read, override and validate a training config; a problem raises one UserError line."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    for item in overrides:
-        apply_override(data, item)
-    return validate_config(data, str(path))
+    """Read, override and validate a training config; a problem raises one UserError line.
+
+    geoprep's recipe loader does the work: UTF-8 only, unique keys, bounded nesting, `--set`
+    values parsed as YAML, no booleans as numbers, one line per fault naming file, key and value."""
+    return load_settings(path, TrainConfig, overrides, "config")
 
 
 def validate_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise UserError(f"{source}: {describe_error(exc.errors()[0], data)}") from None
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """`a.b.c=value` into nested dicts; the value is parsed as YAML (numbers, bools, lists)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set {item!r}: expected KEY.PATH=VALUE, for example trainer.steps=500")
-    parts = key.strip().split(".")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is a value")
-        node = child
-    node[parts[-1]] = value
-
-
-def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
-    """One line: the key path (without union tags), the value and what was expected."""
-    loc = [str(p) for p in err["loc"]]
-    if len(loc) > 1 and loc[0] == "method" and loc[1] in METHOD_CONFIGS:
-        model: Any = METHOD_CONFIGS[loc[1]]
-        loc = [loc[0], *loc[2:]]
-    else:
-        model = None
-    path = ".".join(loc) or "(top level)"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1], model)
-        allowed = ", ".join(owner.model_fields) if owner is not None else "(none)"
-        return f"{path}: unknown key; expected one of: {allowed}"
-    if kind == "missing":
-        return f"{path}: required key is missing"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        got = _lookup(data, [*loc, "name"])
-        return f"{path}.name: got {got!r}; expected one of: {', '.join(METHOD_CONFIGS)}"
-    message = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-    return f"{path}: got {err.get('input')!r}; {message}"
-
-
-def _model_at(loc: list[str], method_model: Any) -> type[BaseModel] | None:
-    node: Any = TrainConfig
-    for depth, part in enumerate(loc):
-        if depth == 0 and part == "method" and method_model is not None:
-            node = method_model
-            continue
-        model = _as_model(node)
-        field = model.model_fields.get(part) if model is not None else None
-        node = field.annotation if field is not None else None
-    return _as_model(node)
-
-
-def _as_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is dict:
-        return None
-    for arg in get_args(annotation):
-        if (found := _as_model(arg)) is not None:
-            return found
-    return None
-
-
-def _lookup(data: Any, path: list[str]) -> Any:
-    for part in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(part)
-    return data
+    return validate_settings(TrainConfig, data, source)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -13,6 +13,8 @@ from geoprep.core.errors import UserError
 from geoprep.recipe.model import Recipe
 
 #: Recipes are small: a larger file is a mistake (a data file named as the recipe).
+M = TypeVar("M", bound=BaseModel)
+
 MAX_RECIPE_BYTES = 1 << 20
 #: Deeper nesting than any recipe section needs is refused before YAML builds it.
 MAX_DEPTH = 64
@@ -62,21 +64,21 @@ def parse_yaml(text: str) -> Any:
         raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels") from None
 
 
-def read_text(path: Path) -> str:
-    """A recipe file's text: UTF-8 (a BOM is allowed), not too large; UserError else."""
+def read_text(path: Path, what: str = "recipe") -> str:
+    """A recipe's (or config's) text: UTF-8 (a BOM is allowed), not too large; UserError else."""
     try:
         if path.is_dir():
-            raise UserError(f"{path}: is a directory, not a recipe file")
+            raise UserError(f"{path}: is a directory, not a {what} file")
         with path.open("rb") as handle:
             raw = handle.read(MAX_RECIPE_BYTES + 1)
     except FileNotFoundError:
-        raise UserError(f"{path}: recipe file not found") from None
+        raise UserError(f"{path}: {what} file not found") from None
     except OSError as exc:
-        raise UserError(f"{path}: cannot read recipe ({exc.strerror})") from None
+        raise UserError(f"{path}: cannot read {what} ({exc.strerror})") from None
     if len(raw) > MAX_RECIPE_BYTES:
-        raise UserError(f"{path}: larger than {MAX_RECIPE_BYTES >> 20} MB; is it a recipe?")
+        raise UserError(f"{path}: larger than {MAX_RECIPE_BYTES >> 20} MB; is it a {what}?")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UserError(f"{path}: UTF-16 text; save the recipe as UTF-8")
+        raise UserError(f"{path}: UTF-16 text; save the {what} as UTF-8")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -86,8 +88,24 @@ def read_text(path: Path) -> str:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe; every problem raises one `UserError` line per fault."""
+    return load_settings(path, Recipe, overrides, "recipe")
+
+
+def validate_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    return validate_settings(Recipe, data, source)
+
+
+def load_settings(
+    path: str | Path,
+    model: type[M],
+    overrides: list[str] | tuple[str, ...] = (),
+    what: str = "recipe",
+) -> M:
+    """Any YAML file of typed settings (a recipe, geossl's training config): read it as UTF-8 with
+    unique keys and bounded nesting, apply `--set` overrides, validate it into `model`; every
+    problem is a `UserError` of one line per fault naming the file, the key and the value."""
     path = Path(path)
-    text = read_text(path)
+    text = read_text(path, what)
     try:
         data = parse_yaml(text)
     except yaml.YAMLError as exc:
@@ -96,28 +114,28 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of recipe keys, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a mapping of {what} keys, got {type(data).__name__}")
     for item in overrides:
         apply_override(data, item)
-    return validate_recipe(data, source=str(path))
+    return validate_settings(model, data, source=str(path))
 
 
-def validate_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+def validate_settings(model: type[M], data: dict[str, Any], source: str = "<recipe>") -> M:
     try:
-        recipe = Recipe.model_validate(data)
+        validated = model.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {describe_error(err, data)}" for err in exc.errors()]
+        lines = [f"{source}: {describe_error(err, data, model)}" for err in exc.errors()]
         raise UserError("\n".join(lines)) from None
     except RecursionError:
         raise UserError(f"{source}: nested too deeply") from None
-    booleans = list(_booleans_as_numbers(recipe, data, []))
+    booleans = list(_booleans_as_numbers(validated, data, []))
     if booleans:
         raise UserError(
             "\n".join(
                 f"{source}: {path}: got {value}; expected a number" for path, value in booleans
             )
         )
-    return recipe
+    return validated
 
 
 def _booleans_as_numbers(model: BaseModel, data: Any, path: list[str]) -> Iterator[tuple[str, Any]]:
@@ -175,13 +193,15 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+def describe_error(
+    err: dict[str, Any], data: dict[str, Any], root: type[BaseModel] = Recipe
+) -> str:
     """One line: the key path, the offending value and what was expected."""
-    loc, _ = _walk(list(err["loc"]))
+    loc, _ = _walk(list(err["loc"]), root)
     path = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        model = _model_in(_walk(list(err["loc"])[:-1])[1])
+        model = _model_in(_walk(list(err["loc"])[:-1], root)[1])
         allowed = ", ".join(model.model_fields) if model is not None else "(none)"
         return f"{path}: unknown key; expected one of: {allowed}"
     if kind == "missing":
@@ -194,18 +214,18 @@ def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
         return f"{path}.{tag}: got {got!r}; expected one of: {expected}"
     message = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
     given = err.get("input")
-    if isinstance(given, dict | list) and kind == "value_error":
+    if isinstance(given, dict) and kind == "value_error":
         return f"{path}: {message}"  # a check across keys: the section is not echoed
     return f"{path}: got {_shown(given)}; {message}"
 
 
-def _walk(loc: list[Any]) -> tuple[list[Any], Any]:
+def _walk(loc: list[Any], root: type[BaseModel] = Recipe) -> tuple[list[Any], Any]:
     """Follow an error location through the models: drop union tags, return the final node.
 
     Discriminated unions put the chosen tag into the location (('sampler', 'urban', 'n')); users
     never write it, so it is removed from what they see.
     """
-    node: Any = Recipe
+    node: Any = root
     clean: list[Any] = []
     parts = list(loc)
     while parts:
@@ -225,14 +245,14 @@ def _walk(loc: list[Any]) -> tuple[list[Any], Any]:
 
 
 def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
-    """Tag → model for a union of models told apart by a Literal field (kind, mode)."""
+    """Tag → model for a union of models told apart by a Literal field (kind, mode, name)."""
     args = get_args(annotation)
     if get_origin(annotation) is Annotated:
         return _tagged_members(args[0])
     members: dict[str, type[BaseModel]] = {}
     for arg in args:
         if isinstance(arg, type) and issubclass(arg, BaseModel):
-            for name in ("kind", "mode"):
+            for name in ("kind", "mode", "name"):
                 field = arg.model_fields.get(name)
                 if field is not None and get_origin(field.annotation) is Literal:
                     members.update(dict.fromkeys(get_args(field.annotation), arg))
