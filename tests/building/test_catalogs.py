@@ -749,3 +749,34 @@ def test_legacy_naip_file_tells_its_assets():
         CatalogSpec(kind="geoparquet", url=str(FIXTURES / "naip_legacy_stac-geoparquet.parquet"))
     )
     assert "image" in catalog.asset_names("naip")
+
+
+def test_a_stalled_token_service_fails_the_request_instead_of_hanging(monkeypatch):
+    """A token service that accepts the connection and never answers: the SDK's own request has
+    no time-out; ours fails within it, as a transient failure the breaker counts."""
+    import socket
+    import threading
+    import time
+
+    from planetary_computer import sas as pc_sas
+    from planetary_computer.settings import Settings as PcSettings
+
+    from geoprep.building.catalogs import base as catalog_base
+    from geoprep.building.faults import ReadFailure
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    monkeypatch.setenv("PC_SDK_SAS_URL", f"http://127.0.0.1:{listener.getsockname()[1]}/token")
+    monkeypatch.setattr(catalog_base, "TOKEN_TIMEOUT_S", (1.0, 1.0))
+    PcSettings.get.cache_clear()
+    pc_sas.TOKEN_CACHE.clear()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ReadFailure, match="timed out") as failure:
+            catalog_base._token("account", "container", fresh=False)
+    finally:
+        listener.close()
+        PcSettings.get.cache_clear()
+    assert time.monotonic() - started < 10 and accepted
+    assert failure.value.retry and failure.value.cause == "token timed out"

@@ -250,17 +250,38 @@ def _is_signed(query: str) -> bool:
     return bool({"st", "se", "sp"} & {pair.partition("=")[0] for pair in query.split("&")})
 
 
+#: (connect, read) seconds for one token request: a stalled token service fails the request (and,
+#: repeated, trips the breaker) instead of hanging the build.
+TOKEN_TIMEOUT_S = (10.0, 30.0)
+
+
 def _token(account: str, container: str, fresh: bool) -> pc_sas.SASToken:
-    """The SAS token of one container from planetary_computer's cache (renewed when it nears
-    its expiry, or when `fresh`): one request, no retries of its own (the SDK's defaults wait
-    minutes for a dead service): retries, backoff and the breaker are the caller's."""
+    """The SAS token of one container, from planetary_computer's cache (renewed when it nears its
+    expiry, or when `fresh`): one request, no retries of its own; retries, backoff and the
+    breaker are the caller's.
+
+    The request is `planetary_computer.sas.get_token`'s (same URL, key header and cache), sent
+    here because the SDK sends it without a time-out and retries for minutes."""
     url = f"{pc_settings.Settings.get().sas_url}/{account}/{container}"
-    if fresh:
-        pc_sas.TOKEN_CACHE.pop(url, None)
+    cached = pc_sas.TOKEN_CACHE.get(url)
+    if cached is not None and not fresh and cached.ttl() >= 60:  # the SDK's margin
+        return cached
+    key = pc_settings.Settings.get().subscription_key
+    headers = {"Ocp-Apim-Subscription-Key": key} if key else None
     try:
-        return pc_sas.get_token(account, container, retry_total=0)
+        response = requests.get(url, headers=headers, timeout=TOKEN_TIMEOUT_S)
+        response.raise_for_status()
+        token = pc_sas.SASToken(**response.json())
     except requests.RequestException as error:
         raise token_failure(error, url) from None
+    except (ValueError, TypeError) as error:  # an answer cut short or not a token
+        raise ReadFailure(
+            f"could not get a SAS token from {url}: unusable answer ({error})",
+            "token unusable answer",
+            fix="is PC_SDK_SAS_URL right?",
+        ) from None
+    pc_sas.TOKEN_CACHE[url] = token
+    return token
 
 
 def token_failure(error: requests.RequestException, url: str) -> ReadFailure:
