@@ -165,6 +165,13 @@ def _compare(value: Any, raw: Any, where: list[str]) -> Iterator[tuple[str, Any]
             yield from _compare(item, raw_item, [*where, str(index)])
 
 
+def _key(part: Any) -> str:
+    """A key for an error line: as written, or escaped when it holds control characters (a key
+    may hold a line break, and the error must stay one line)."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
+
+
 def _shown(value: Any) -> str:
     """A value for an error line: short, whatever its size."""
     text = repr(value)
@@ -198,7 +205,7 @@ def describe_error(
 ) -> str:
     """One line: the key path, the offending value and what was expected."""
     loc, _ = _walk(list(err["loc"]), root)
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    path = ".".join(_key(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         model = _model_in(_walk(list(err["loc"])[:-1], root)[1])
@@ -211,7 +218,7 @@ def describe_error(
         tag = ctx.get("discriminator", "'kind'").strip("'")
         got = _lookup(data, loc + [tag])
         expected = ctx.get("expected_tags", "").replace("'", "")
-        return f"{path}.{tag}: got {got!r}; expected one of: {expected}"
+        return f"{path}.{tag}: got {_shown(got)}; expected one of: {expected}"
     message = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
     given = err.get("input")
     if isinstance(given, dict) and kind == "value_error":

@@ -145,7 +145,9 @@ def check_one_line_or_valid(path: Path, overrides: list[str]) -> None:
         assert all(0 < len(line) < 400 for line in str(error).splitlines()), str(error)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(document=st.dictionaries(KEYS, VALUES, max_size=8))
 def test_any_yaml_document_gives_a_recipe_or_user_errors(tmp_path_factory, document) -> None:
     path = tmp_path_factory.mktemp("h") / "recipe.yaml"
@@ -153,7 +155,9 @@ def test_any_yaml_document_gives_a_recipe_or_user_errors(tmp_path_factory, docum
     check_one_line_or_valid(path, [])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(text=st.text(alphabet=string.printable + "é\u2028\x00\ufeff", max_size=200))
 def test_any_text_gives_a_recipe_or_user_errors(tmp_path_factory, text) -> None:
     path = tmp_path_factory.mktemp("h") / "recipe.yaml"
@@ -161,7 +165,9 @@ def test_any_text_gives_a_recipe_or_user_errors(tmp_path_factory, text) -> None:
     check_one_line_or_valid(path, [])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(
     key=st.lists(KEYS | st.text(max_size=8), min_size=1, max_size=4).map(".".join),
     value=st.one_of(SCALARS.map(str), st.text(max_size=40), VALUES.map(yaml.safe_dump)),
@@ -170,3 +176,12 @@ def test_any_set_override_gives_a_recipe_or_user_errors(tmp_path_factory, key, v
     path = tmp_path_factory.mktemp("h") / "recipe.yaml"
     path.write_text(GOOD)
     check_one_line_or_valid(path, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", ["0\x1e\r0", "a\nb", "sampler.x\u2028y"])
+def test_a_key_with_line_breaks_is_escaped_in_its_error_line(tmp_path, key) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(UserError) as error:
+        load_recipe(path, [f"{key}=None"])
+    assert len(str(error.value).splitlines()) == 1 and repr(key.split(".")[-1]) in str(error.value)
