@@ -182,7 +182,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     """Set `a.b.c=value` in nested dicts; the value is parsed as YAML (numbers, bools, lists)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {item!r}: expected KEY.PATH=VALUE, for example sampler.n=500")
+        raise UserError(f"--set {_shown(item)}: expected KEY.PATH=VALUE, for example sampler.n=500")
     parts = key.strip().split(".")
     try:
         value = parse_yaml(raw) if raw.strip() else None
@@ -195,7 +195,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
-            raise UserError(f"--set {item!r}: {where} is a value, not a section")
+            raise UserError(f"--set {_shown(item)}: {where} is a value, not a section")
         node = child
     node[parts[-1]] = value
 

@@ -185,3 +185,11 @@ def test_a_key_with_line_breaks_is_escaped_in_its_error_line(tmp_path, key) -> N
     with pytest.raises(UserError) as error:
         load_recipe(path, [f"{key}=None"])
     assert len(str(error.value).splitlines()) == 1 and repr(key.split(".")[-1]) in str(error.value)
+
+
+def test_a_long_set_item_is_shortened_in_its_error_line(tmp_path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(UserError, match="is a value, not a section") as error:
+        load_recipe(path, ["name.name=" + "x" * 2000])
+    assert len(str(error.value).splitlines()) == 1 and len(str(error.value)) < 400
