@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
 from geoprep import UserError
-from geossl.data import ImageStack, SampleStream, dataset_urls
+from geossl.data import SampleStream, dataset_urls
 from geossl.methods import Method, build_method
 from geossl.train import load_run
 
@@ -89,10 +89,7 @@ def embed(
         if unknown:
             raise UserError(f"--bands {unknown}: not bands of this encoder; it has {known}")
     present = [b in bands for b in known] if bands else None
-    if hasattr(first, "image_fields"):  # the method's own image decoding (sensor fallback)
-        fields = first.image_fields()
-    else:
-        fields = ImageStack(first.normalization, slot or first.config.data.slot)
+    fields = first.image_fields(slot)  # the method's own image decoding (e.g. sensor fallback)
     limit = first.config.data.max_member_bytes
     stream = SampleStream(dataset_urls(source), fields, max_member_bytes=limit)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)

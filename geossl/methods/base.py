@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from geossl.config import TrainConfig
-from geossl.data import Fields, Normalization, Views
+from geossl.data import Fields, ImageStack, Normalization, Views
 from geossl.models import Encoder
 
 
@@ -93,6 +93,10 @@ class Method(nn.Module, ABC):
     @property
     def input_scaling(self) -> float:
         return 1.0
+
+    def image_fields(self, slot: str | None = None) -> Fields:
+        """Sample → normalised image stack for evaluation (`slot`: default the training slot)."""
+        return ImageStack(self.normalization, slot or self.config.data.slot)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """Frozen features for k-NN and linear probes: the pooled last stage by default."""

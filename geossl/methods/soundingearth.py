@@ -285,11 +285,10 @@ class SoundingEarth(Method):
             self.se, self.all_normalization, self.sensor, self.config.data.slot
         )
 
-    def image_fields(self) -> Fields:
+    def image_fields(self, slot: str | None = None) -> Fields:
         """Evaluation of the image encoder: images only, fallback handled as in training."""
-        return SoundingEarthFields(
-            self.se, self.all_normalization, self.sensor, self.config.data.slot, audio=False
-        )
+        slot = slot or self.config.data.slot
+        return SoundingEarthFields(self.se, self.all_normalization, self.sensor, slot, audio=False)
 
     def views(self) -> Views:
         return SoundingEarthViews(self.se)

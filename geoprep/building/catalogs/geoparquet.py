@@ -63,9 +63,16 @@ class GeoParquetCatalog(Catalog):
         super().__init__(spec)
         self.storage_options = dict(storage_options or {})
         self._tables: dict[tuple[str, str], _Table] = {}
+        self._datasets: dict[str, pads.Dataset] = {}
 
     def url_for(self, collection: str) -> str:
         return self.spec.url.replace("{collection}", collection)
+
+    def _dataset(self, url: str) -> pads.Dataset:
+        """The dataset at `url`, opened once (opening reads every part's footer)."""
+        if url not in self._datasets:
+            self._datasets[url] = self._open(url)
+        return self._datasets[url]
 
     def _open(self, url: str) -> pads.Dataset:
         options = dict(self.storage_options)
@@ -93,7 +100,7 @@ class GeoParquetCatalog(Catalog):
 
     def asset_names(self, collection: str) -> set[str] | None:
         """The asset keys of the collection's first row (stac-geoparquet keeps no item_assets)."""
-        dataset = self._open(self.url_for(collection))
+        dataset = self._dataset(self.url_for(collection))
         if "assets" not in dataset.schema.names:
             return None
         names = dataset.schema.names
@@ -126,7 +133,7 @@ class GeoParquetCatalog(Catalog):
             return table
         if table is not None:
             start, end = min(start, table.start), max(end, table.end)
-        dataset = table.dataset if table is not None else self._open(key[0])
+        dataset = table.dataset if table is not None else self._dataset(key[0])
         if dataset.schema.field("geometry").type not in (pa.binary(), pa.large_binary()):
             raise UserError(f"stac-geoparquet {key[0]}: geometry is not WKB")
         columns = ["id", "datetime", "geometry"]
