@@ -61,8 +61,24 @@ class CSFConfig(Strict):
     # used only the replica's own batch: set false for that).
     global_negatives: bool = True
     # Inference scales every input by this (null: 1/(1-dropout.rate), as the paper says; the
-    # code's experiments use 3.0).
-    inference_scaling: float | None = Field(None, gt=0.0)
+    # code's experiments use 3.0). "bands": n_bands / bands given, the factor that keeps the
+    # expected input of training's inverted dropout (1 when every band is given; ≈ the paper's
+    # 1/(1-p) for a one-third subset). With every band given, the paper's rule feeds inputs at
+    # 2.9× their training expectation, far from the BatchNorm statistics of a short run.
+    inference_scaling: float | str | None = None
+
+    @field_validator("inference_scaling")
+    @classmethod
+    def _scaling(cls, value: float | str | None) -> float | str | None:
+        # one check for the whole union, so a mistake is one line, not one per member
+        if value is None or value == "bands" or (isinstance(value, float) and value > 0):
+            return value
+        raise ValueError("expected a number > 0, 'bands' or null")
+
+    # The taps: "residual_sum" (each tapped stage's last block before its final ReLU: signed,
+    # as the Keras ResNet50V2 block outputs the code taps) or "relu" (torchvision's stage
+    # output: non-negative, so every pair of flattened maps has a large positive dot product).
+    tap: Literal["residual_sum", "relu"] = "residual_sum"
     # Features for evaluation: the flattened last stage (CSF protocol) or its spatial mean.
     eval_features: Literal["flat", "pool"] = "flat"
 

@@ -34,15 +34,38 @@ def feature_dim(arch: str) -> int:
     return 512 if arch == "resnet18" else 2048
 
 
-class Encoder(nn.Module):
-    """A ResNet returning the outputs of the requested stages (and the pooled last one)."""
+def residual_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision residual block's output before its last ReLU (relu of it is the output)."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, torchvision.models.resnet.Bottleneck):
+        out = block.relu(block.bn2(block.conv2(out)))
+        return block.bn3(block.conv3(out)) + identity
+    return block.bn2(block.conv2(out)) + identity
 
-    def __init__(self, arch: str, in_channels: int, taps: tuple[str, ...] = STAGES[-2:]) -> None:
+
+class Encoder(nn.Module):
+    """A ResNet returning the outputs of the requested stages (and the pooled last one).
+
+    `signed_taps`: a tapped stage gives its last block's residual sum before the final ReLU,
+    signed like the block outputs of a pre-activation ResNet (the Keras ResNet50V2 that CSF's
+    code taps), instead of the non-negative ReLU output. The network computes the same either
+    way; only what the taps return differs.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        in_channels: int,
+        taps: tuple[str, ...] = STAGES[-2:],
+        signed_taps: bool = False,
+    ) -> None:
         super().__init__()
         unknown = set(taps) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown feature taps {sorted(unknown)}; expected {STAGES}")
         self.arch, self.in_channels, self.taps = arch, in_channels, tuple(taps)
+        self.signed_taps = signed_taps
         self.backbone = resnet(arch, in_channels)
         self.dim = feature_dim(arch)
 
@@ -51,9 +74,16 @@ class Encoder(nn.Module):
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         out = {}
         for name in STAGES:
-            x = getattr(b, name)(x)
-            if name in self.taps:
-                out[name] = x
+            stage = getattr(b, name)
+            if name in self.taps and self.signed_taps:
+                for block in list(stage)[:-1]:
+                    x = block(x)
+                out[name] = residual_sum(stage[-1], x)
+                x = torch.relu(out[name])
+            else:
+                x = stage(x)
+                if name in self.taps:
+                    out[name] = x
         out["pool"] = torch.flatten(b.avgpool(x), 1)
         return out
 

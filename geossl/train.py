@@ -421,7 +421,7 @@ def load_run(run: Path) -> tuple[TrainConfig, Method, int]:
     method = build_method(config, norm)
     found = checkpoints(run)
     if found:
-        state = torch.load(found[-1], map_location="cpu", weights_only=False)
+        state = torch.load(found[-1], map_location="cpu", weights_only=True)  # never unpickle
         weights = {
             k.removeprefix("method."): v
             for k, v in state["state_dict"].items()
@@ -430,7 +430,8 @@ def load_run(run: Path) -> tuple[TrainConfig, Method, int]:
         method.load_state_dict(weights)
         return config, method, int(state.get("global_step", 0))
     if (run / "backbone.pt").exists():
-        method.encoder.backbone.load_state_dict(torch.load(run / "backbone.pt", map_location="cpu"))
+        backbone = torch.load(run / "backbone.pt", map_location="cpu", weights_only=True)
+        method.encoder.backbone.load_state_dict(backbone)
         doc = json.loads((run / "backbone.json").read_text())
         return config, method, int(doc.get("steps", 0))
     raise UserError(f"{run}: no checkpoint and no backbone.pt; train it first")

@@ -88,10 +88,15 @@ class Method(nn.Module, ABC):
         if present is not None:
             mask = torch.tensor(present, dtype=image.dtype, device=image.device)
             image = image * mask.view(1, -1, 1, 1)
-        return image * self.input_scaling
+        return image * self.input_scale(present)
+
+    def input_scale(self, present: list[bool] | None = None) -> float:
+        """Factor on every input when the bands marked in `present` are given (None: all)."""
+        return 1.0
 
     @property
-    def input_scaling(self) -> float:
+    def input_scaling(self) -> float | str:
+        """The scaling rule as backbone.json records it: a constant, or the rule's name."""
         return 1.0
 
     def image_fields(self, slot: str | None = None) -> Fields:

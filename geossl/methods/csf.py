@@ -6,10 +6,12 @@ Faithful to the paper (methods.md §1) unless the config picks the official code
   turns; the two views are drawn independently;
 - p rises linearly from 0 to 0.66 over 8,000 batches (updated every batch; the code every 10);
 - loss: symmetric InfoNCE on the flattened maps of the last two residual stages (torchvision
-  `layer3` and `layer4`; the Keras code taps conv4_block5, one block before the stage's end),
+  `layer3` and `layer4`, each stage's last residual sum before its ReLU: signed, like the
+  Keras ResNet50V2 block outputs the code taps; it taps conv4_block5, one block before the end),
   weighted 1:2, dot product / τ with τ = 0.1, negatives from the global batch gathered across
   ranks with gradients (the original used each replica's batch only);
-- inference with any subset of bands: missing bands zero, all inputs × 1/(1-p_final).
+- inference with any subset of bands: missing bands zero, all inputs × 1/(1-p_final) (or, by
+  config, × n_bands / bands given).
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ class CSF(Method):
         self.csf: CSFConfig = config.method
         weighted = {k for k, v in self.csf.layer_weights.items() if v}
         taps = tuple(s for s in STAGES if s in weighted | {"layer4"})
-        self._encoder = Encoder(config.model.arch, len(self.bands), taps=taps)
+        signed = self.csf.tap == "residual_sum"
+        self._encoder = Encoder(config.model.arch, len(self.bands), taps=taps, signed_taps=signed)
 
     def fields(self) -> Fields:
         return ImageStack(self.normalization, self.config.data.slot)
@@ -140,8 +143,11 @@ class CSF(Method):
             layer_loss = info_nce(z1, z2, self.csf.temperature, cosine)
             total = total + weight * layer_loss
             metrics[f"loss_{layer}"] = layer_loss.detach()
-            with torch.no_grad():
-                s = z1.float() @ z2.float().T
+            with torch.no_grad():  # the loss's own similarity: under cosine, norms must not vote
+                a, b = z1.float(), z2.float()
+                if cosine:
+                    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+                s = a @ b.T
                 target = torch.arange(s.shape[0], device=s.device)
                 metrics["accuracy"] = (s.argmax(dim=0) == target).float().mean()
         return total, metrics
@@ -153,11 +159,20 @@ class CSF(Method):
         metrics["dropout_rate"] = batch["dropout_rate"].float().mean()
         return StepOutput(loss, metrics)
 
-    @property
-    def input_scaling(self) -> float:
-        if self.csf.inference_scaling is not None:
-            return self.csf.inference_scaling
+    def input_scale(self, present: list[bool] | None = None) -> float:
+        rule = self.csf.inference_scaling
+        if rule == "bands":
+            given = len(self.bands) if present is None else sum(present)
+            return len(self.bands) / max(1, given)
+        if rule is not None:
+            return float(rule)
         return 1.0 / (1.0 - self.csf.dropout.rate)
+
+    @property
+    def input_scaling(self) -> float | str:
+        if self.csf.inference_scaling == "bands":
+            return "bands: n_bands / bands given (1 with every band)"
+        return self.input_scale()
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         maps = self._encoder(image)

@@ -7,10 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from geossl.config import TrainConfig
 from geossl.data import Normalization
 from geossl.methods.csf import CSF, CSFViews, channel_dropout, dropout_rate, info_nce
+from geossl.models import Encoder
 
 BANDS = [f"s.b{i}" for i in range(6)]
 
@@ -85,6 +87,16 @@ def test_perfectly_matched_views_give_full_accuracy_and_low_loss() -> None:
     assert loss.item() < 1e-6
 
 
+def test_cosine_accuracy_ignores_feature_norms() -> None:
+    # matched directions, one sample 100× longer: under the dot product it would win every row
+    csf = method(similarity="cosine")
+    z = torch.eye(6) + 0.1
+    z[0] *= 100
+    maps = {"layer3": z.view(6, 6, 1, 1), "layer4": z.view(6, 6, 1, 1)}
+    _, metrics = csf.loss(maps, maps)
+    assert metrics["accuracy"].item() == 1.0
+
+
 @pytest.mark.parametrize(
     ("step", "rate"), [(0, 0.0), (2000, 0.165), (4000, 0.33), (8000, 0.66), (50000, 0.66)]
 )
@@ -131,3 +143,42 @@ def test_any_subset_inference_zeros_missing_bands_and_scales_by_the_final_rate()
         features = csf.features(x)
     assert features.shape == (2, 512)  # flattened layer4 of a 32 px input: 512 × 1 × 1
     assert method(inference_scaling=3.0).input_scaling == 3.0  # the code's value, as an option
+
+
+@pytest.mark.parametrize(
+    ("present", "scale"),
+    [(None, 1.0), ([True] * 6, 1.0), ([True, True, False, True, False, False], 2.0)],
+)
+def test_band_count_scaling_keeps_the_expected_input_of_inverted_dropout(present, scale) -> None:
+    csf = method(inference_scaling="bands")
+    image = torch.randn(2, 6, 8, 8)
+    expected = image * torch.tensor(present or [True] * 6, dtype=image.dtype).view(1, -1, 1, 1)
+    assert torch.allclose(csf.prepare_input(image, present), expected * scale)
+    assert csf.input_scaling.startswith("bands")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_signed_taps_are_the_residual_sums_of_an_unchanged_network(arch: str) -> None:
+    signed = Encoder(arch, 5, taps=("layer3", "layer4"), signed_taps=True).eval()
+    plain = torchvision.models.__dict__[arch](weights=None)
+    plain.conv1 = torch.nn.Conv2d(5, 64, 7, 2, 3, bias=False)
+    plain.fc = torch.nn.Identity()
+    plain.load_state_dict(signed.export_state())
+    plain.eval()
+    x = torch.randn(2, 5, 64, 64)
+    with torch.no_grad():
+        maps = signed(x)
+        # torchvision's own stages, run one by one: each block's output is relu(residual sum)
+        h = plain.maxpool(plain.relu(plain.bn1(plain.conv1(x))))
+        h3 = plain.layer3(plain.layer2(plain.layer1(h)))
+        last = plain.layer3[-1]
+        before = plain.layer3[:-1](plain.layer2(plain.layer1(h)))
+        shortcut = before if last.downsample is None else last.downsample(before)
+        branch = last.bn2(last.conv2(last.relu(last.bn1(last.conv1(before)))))
+        if arch == "resnet50":
+            branch = last.bn3(last.conv3(last.relu(branch)))
+        pooled = plain(x)
+    assert torch.allclose(maps["layer3"], branch + shortcut, atol=1e-5)
+    assert torch.allclose(torch.relu(maps["layer3"]), h3, atol=1e-5)
+    assert torch.allclose(maps["pool"], pooled, atol=1e-5)  # the network itself is unchanged
+    assert (maps["layer4"] < 0).any() and (maps["layer3"] < 0).any()

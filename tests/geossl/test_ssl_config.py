@@ -28,6 +28,9 @@ def test_paper_values_are_the_defaults() -> None:
     assert config.optim.grad_clip == 1.0 and config.model.arch == "resnet50"
 
 
+SCALING = "expected a number > 0, 'bands' or null"
+
+
 @pytest.mark.parametrize(
     ("change", "overrides", "expected"),
     [
@@ -37,6 +40,9 @@ def test_paper_values_are_the_defaults() -> None:
         ({}, ["trainer.steps=0"], "trainer.steps: got 0; expected greater than or equal to 1"),
         ({}, ["model.arch=vit"], "model.arch: got 'vit'; expected 'resnet18' or 'resnet50'"),
         ({}, ["nonsense"], "--set 'nonsense': expected KEY.PATH=VALUE"),
+        ({}, ["method.inference_scaling=-3"], f"inference_scaling: got -3; {SCALING}"),
+        ({}, ["method.inference_scaling=all"], f"inference_scaling: got 'all'; {SCALING}"),
+        ({}, ["method.tap=post"], "method.tap: got 'post'; expected 'residual_sum' or 'relu'"),
     ],
 )
 def test_a_bad_config_is_one_line_and_exit_2(
