@@ -163,8 +163,12 @@ def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
         if clash:
             raise ValueError(f"sample {sample.key}: provenance must not set {sorted(clash)}")
         provenance = dict(image.provenance)
-        if isinstance(provenance.get("hrefs"), dict):
-            provenance.update(own_hrefs(provenance["hrefs"], image.bands))
+        if isinstance(provenance.get("hrefs"), dict):  # href_base and hrefs where hrefs were
+            sources = own_hrefs(provenance["hrefs"], image.bands)
+            ordered: dict[str, Any] = {}
+            for key, value in provenance.items():
+                ordered.update(sources if key == "hrefs" else {key: value})
+            provenance = ordered
         described = (
             image_member(image.sensor, image.slot, image.group, fmt),
             image.sensor,
