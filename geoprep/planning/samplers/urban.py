@@ -306,7 +306,7 @@ class _Spacing:
         if self.min_distance <= 0 or not len(xyz):
             return ok
         if self.tree is not None:
-            distance, nearest = self.tree.query(xyz, distance_upper_bound=self.reach)
+            distance, nearest = self.tree.query(xyz, distance_upper_bound=self.reach, workers=-1)
             near = np.flatnonzero(np.isfinite(distance))
             blocked = self._close(self.points[nearest[near]], xyz[near])
             ok[near[blocked]] = False
