@@ -26,7 +26,7 @@ LAND_AREA_M2 = 1.49e14
 #: Candidates drawn per batch (fixed: the random draws depend on it).
 _BATCH = 4096
 #: Candidates checked for spacing at once: between these, growing with the points accepted.
-_CHUNK_MIN, _CHUNK_MAX = 65_536, 2_000_000
+_CHUNK_MIN, _CHUNK_MAX = 65_536, 4_000_000
 
 
 class UrbanSampler(SamplerConfig):
@@ -330,4 +330,6 @@ class _Spacing:
     def add(self, xyz: np.ndarray) -> None:
         if self.min_distance > 0 and len(xyz):
             self.points = np.concatenate([self.points, xyz])
-            self.tree = cKDTree(self.points)
+            # sliding-midpoint splits build several times faster than medians at millions of
+            # points, and the queries stay as fast
+            self.tree = cKDTree(self.points, balanced_tree=False, compact_nodes=False)
