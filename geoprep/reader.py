@@ -26,11 +26,14 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from geoprep.core.errors import UserError
+from geoprep.shards.geotiff import Unsupported, decode_geotiff
 from geoprep.shards.listing import shard_urls
 from geoprep.shards.schema import (
     AUDIO_MEMBER,
     JSON_MEMBER,
     MEL_MEMBER,
+    SCHEMA_VERSIONS,
+    entry_hrefs,
     nodata_from_json,
     shared_grid,
 )
@@ -73,7 +76,17 @@ class GeoArray:
 def decode_tif(data: bytes, max_bytes: int = MAX_MEMBER_BYTES) -> GeoArray:
     """GeoTIFF bytes → GeoArray, read from memory (no temporary file).
 
-    A header announcing more than `max_bytes` of pixels is refused before they are decoded."""
+    The GeoTIFFs geoprep writes are decoded in numpy (`geoprep.shards.geotiff`, several times
+    faster than opening them with GDAL); any other GeoTIFF is read with GDAL. A header
+    announcing more than `max_bytes` of pixels is refused before they are decoded."""
+    try:
+        found = decode_geotiff(data, max_bytes)
+    except Unsupported:
+        return _decode_tif_gdal(data, max_bytes)
+    return GeoArray(found.array, found.crs, Affine(*found.transform), found.nodata, found.bands)
+
+
+def _decode_tif_gdal(data: bytes, max_bytes: int = MAX_MEMBER_BYTES) -> GeoArray:
     with MemoryFile(data) as memory, memory.open() as src:
         itemsize = max(np.dtype(dtype).itemsize for dtype in src.dtypes)
         _within_cap("tif", src.count * src.height * src.width * itemsize, max_bytes)
@@ -165,6 +178,12 @@ class ImageInfo:
         """Member name without its format extension: `s2.t0`, `s2.t0.10m`."""
         return self.member.rsplit(".", 1)[0]
 
+    @property
+    def hrefs(self) -> dict[str, str]:
+        """{asset: absolute unsigned href} of the sources (schema 2: the image's own assets;
+        schema 1: every asset of its item)."""
+        return entry_hrefs(self.entry)
+
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ImageInfo:
         when = entry.get("datetime")
@@ -206,6 +225,12 @@ class Sample:
         meta = _decoded(where, JSON_MEMBER, raw[JSON_MEMBER])
         if not isinstance(meta, dict):
             raise SampleError(f"{where}: {key}.{JSON_MEMBER} is not an object")
+        version = meta.get("schema_version", 1)
+        if version not in SCHEMA_VERSIONS:
+            raise SampleError(
+                f"{where}: schema_version {version!r}; this geoprep reads {SCHEMA_VERSIONS} "
+                "(a newer geoprep wrote it: upgrade)"
+            )
         images, infos = {}, {}
         for entry in meta.get("images", []):
             try:

@@ -15,6 +15,7 @@ import webdataset as wds
 from geoprep import reader
 from geoprep.core.errors import UserError
 from geoprep.reader import GeoArray, Sample, SampleError, open_dataset, shard_urls
+from geoprep.shards import records
 from geoprep.shards.manifest import write_manifest
 from geoprep.shards.records import ImageRecord, SampleRecord, encode_image
 from geoprep.shards.writer import ShardWriter
@@ -266,3 +267,81 @@ def test_a_directory_without_shards_is_a_user_error(tmp_path: Path) -> None:
         shard_urls(str(tmp_path))
     with pytest.raises(UserError, match="not a directory"):
         shard_urls(str(tmp_path / "nowhere"))
+
+
+PC = "https://acct.blob.core.windows.net/sentinel2-l2/T33/GRANULE/IMG_DATA"
+ITEM_HREFS = {b: f"{PC}/R{10 if b in S2_BANDS else 20}m/T33_{b}.tif?sig=X" for b in S2_BANDS}
+ITEM_HREFS |= {"B05": f"{PC}/R20m/T33_B05.tif", "B11": f"{PC}/R20m/T33_B11.tif"}
+
+
+def with_hrefs(record: SampleRecord) -> SampleRecord:
+    """Each image's provenance lists every asset of its item, as the imagery builder gives it."""
+    images = [
+        ImageRecord(
+            i.sensor,
+            i.slot,
+            i.array,
+            i.grid,
+            i.bands,
+            i.nodata,
+            i.group,
+            i.provenance | {"hrefs": ITEM_HREFS},
+        )  # fmt: skip
+        for i in record.images
+    ]
+    return SampleRecord(record.key, record.meta, images)
+
+
+def as_schema_1(doc: dict) -> dict:
+    """What the writer made before schema 2: every entry repeats its grid and the item's hrefs."""
+    doc = json.loads(json.dumps(doc))
+    del doc["schema_version"]
+    for entry in doc["images"]:
+        entry["grid"] = doc["grids"][entry["group"]]
+        del entry["href_base"]
+        entry["hrefs"] = {a: h.split("?")[0] for a, h in ITEM_HREFS.items()}
+    return doc
+
+
+def test_schema_2_lists_each_images_own_sources_once(tmp_path: Path) -> None:
+    tar = write(tmp_path, [with_hrefs(native_sample("loc"))])
+    (raw,) = list(wds.WebDataset(tar, shardshuffle=False))
+    doc = json.loads(raw["json"])
+    assert doc["schema_version"] == 2
+    first = doc["images"][0]  # the 10 m group: B02 B03
+    assert "grid" not in first and first["href_base"] == f"{PC}/R10m/"
+    assert first["hrefs"] == {"B02": "T33_B02.tif", "B03": "T33_B03.tif"}
+    sample = Sample.from_wds(raw)
+    hrefs = {s: info.hrefs for s, info in sample.infos.items()}
+    assert hrefs["s2.t0.20m"] == {b: f"{PC}/R20m/T33_{b}.tif" for b in ("B05", "B11")}
+    # no band named after an asset of the item: every href is kept rather than none
+    assert hrefs["s2.t1.60m"] == {a: h.split("?")[0] for a, h in ITEM_HREFS.items()}
+
+    old = dict(raw, json=json.dumps(as_schema_1(doc)).encode())
+    before = Sample.from_wds(old)
+    assert before.infos["s2.t0.10m"].hrefs == {a: h.split("?")[0] for a, h in ITEM_HREFS.items()}
+    for suffix, image in sample.images.items():
+        other = before.images[suffix]
+        np.testing.assert_array_equal(image.array, other.array)
+        assert (image.crs, image.transform, image.bands) == (
+            other.crs,
+            other.transform,
+            other.bands,
+        )
+
+
+def test_multi_band_assets_keep_their_href() -> None:
+    own = records.own_hrefs(
+        {"image": "/data/naip/a.tif", "rendered": "/data/naip/b.png"}, ["image_0", "image_1"]
+    )
+    assert own == {"href_base": "/data/naip/", "hrefs": {"image": "a.tif"}}
+    unknown = records.own_hrefs({"visual": "s3://b/x/v.tif"}, ["red", "green"])
+    assert unknown == {"href_base": "s3://b/x/", "hrefs": {"visual": "v.tif"}}
+
+
+def test_a_newer_schema_is_refused_with_a_hint(tmp_path: Path) -> None:
+    tar = write(tmp_path, [csf_sample("loc")])
+    (raw,) = list(wds.WebDataset(tar, shardshuffle=False))
+    doc = json.loads(raw["json"]) | {"schema_version": 3}
+    with pytest.raises(SampleError, match="schema_version 3.*upgrade"):
+        Sample.from_wds(dict(raw, json=json.dumps(doc).encode()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from geoprep.shards.schema import (
     IMAGE_FORMATS,
     IMAGE_KEYS,
     JSON_MEMBER,
+    SCHEMA_VERSION,
     ImageFormat,
     image_member,
     image_suffix,
@@ -161,8 +163,12 @@ def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
         if clash:
             raise ValueError(f"sample {sample.key}: provenance must not set {sorted(clash)}")
         provenance = dict(image.provenance)
-        if isinstance(provenance.get("hrefs"), dict):
-            provenance["hrefs"] = {k: unsigned_href(v) for k, v in provenance["hrefs"].items()}
+        if isinstance(provenance.get("hrefs"), dict):  # href_base and hrefs where hrefs were
+            sources = own_hrefs(provenance["hrefs"], image.bands)
+            ordered: dict[str, Any] = {}
+            for key, value in provenance.items():
+                ordered.update(sources if key == "hrefs" else {key: value})
+            provenance = ordered
         described = (
             image_member(image.sensor, image.slot, image.group, fmt),
             image.sensor,
@@ -173,8 +179,6 @@ def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
             list(image.shape),
             # JSON has no NaN; the reader turns "nan" back into a float
             nodata_to_json(image.nodata),
-            # every image states its own grid; the shared grid(s) below repeat it for
-            # readers that want one grid per sample or per resolution group
             image.grid,
         )
         entries.append({**dict(zip(IMAGE_KEYS, described, strict=True)), **provenance})
@@ -185,8 +189,31 @@ def sample_json(sample: SampleRecord, fmt: ImageFormat) -> dict[str, Any]:
         doc["grid"] = grids[None]
     elif shared and grids:
         doc["grids"] = grids
+    if shared:  # an image states its own grid only where the sample has none for it (fMoW)
+        for entry in entries:
+            del entry["grid"]
     doc["images"] = entries
+    doc["schema_version"] = SCHEMA_VERSION
     return doc
+
+
+def own_hrefs(hrefs: dict[str, str], bands: list[str]) -> dict[str, Any]:
+    """The "href_base" and "hrefs" of an image entry: only the assets its bands come from, each
+    href unsigned and written after their common base (the href is `href_base + hrefs[asset]`).
+
+    A band is named after its asset ("B04"), or "{asset}_{i}" for band i of a multi-band asset.
+    """
+    mine = [a for a in hrefs if a in bands or any(_band_of(band, a) for band in bands)]
+    # bands named otherwise than their assets: keep every href rather than lose the source
+    own = {asset: unsigned_href(hrefs[asset]) for asset in mine or hrefs}
+    base = os.path.commonprefix(list(own.values()))
+    base = base[: base.rfind("/") + 1]  # whole path segments: the rest reads as file names
+    return {"href_base": base, "hrefs": {asset: href[len(base) :] for asset, href in own.items()}}
+
+
+def _band_of(band: str, asset: str) -> bool:
+    prefix, _, number = band.rpartition("_")
+    return prefix == asset and number.isdigit()
 
 
 def json_bytes(doc: Any) -> bytes:

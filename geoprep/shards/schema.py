@@ -9,9 +9,18 @@ A sample keyed `KEY` is the tar members
 The JSON document holds, in this order: `LOCATION_KEYS` (from the planned row), "slots"
 ({name: `slot_entry`}), "recipe_digest", "location" (the row's other columns), "skipped_slots"
 (timestamps mode with `min_found` only), "audio" (`audio_entry`, audio samples only), then the
-writer's "grid" (common layout) or "grids" ({group: grid}, native layout) and "images" (one
-entry per image member: `IMAGE_KEYS` then the image's `PROVENANCE_KEYS`). A grid is
-`GRID_KEYS`: {"crs", "transform": [a, b, c, d, e, f], "width", "height", "gsd"}.
+writer's "grid" (common layout) or "grids" ({group: grid}, native layout), "images" (one
+entry per image member: `IMAGE_KEYS` then the image's `PROVENANCE_KEYS`) and "schema_version".
+A grid is `GRID_KEYS`: {"crs", "transform": [a, b, c, d, e, f], "width", "height", "gsd"}.
+
+Schema versions (`schema_version`; absent means 1):
+
+- 1: every image entry holds its own "grid" (repeating the shared one) and "hrefs" lists every
+  asset of the image's STAC item as an absolute, unsigned href.
+- 2: an entry holds "grid" only where the sample has no shared grid for it (fMoW sequences);
+  "hrefs" lists only the assets the image's bands come from, each written after the entry's
+  "href_base" (absolute href = href_base + hrefs[asset]). The member bytes are unchanged.
+  Readers: `geoprep.reader.ImageInfo.hrefs` and `entry_hrefs` give absolute hrefs for both.
 
 The writer (`geoprep.shards.records`), the builders (`geoprep.building`), the reader
 (`geoprep.reader`) and the checker (`geoprep.inspect.check`) all take names from here.
@@ -25,6 +34,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+#: The sample JSON's layout version, written as its "schema_version" (see above).
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
 JSON_MEMBER = "json"
 AUDIO_MEMBER = "audio.flac"
 MEL_MEMBER = "mel.npy"
@@ -44,6 +56,7 @@ IMAGERY_PROVENANCE_KEYS = (
     "collection",
     "item_id",
     "datetime",
+    "href_base",
     "hrefs",
     "eo:cloud_cover",
     "cloud_fraction",
@@ -174,3 +187,12 @@ def shared_grid(meta: Mapping[str, Any], group: str | None) -> Any:
         return meta.get("grid")
     grids = meta.get("grids")
     return grids.get(group) if isinstance(grids, Mapping) else None
+
+
+def entry_hrefs(entry: Mapping[str, Any]) -> dict[str, str]:
+    """An image entry's asset hrefs, absolute, in either schema version ({} when it has none)."""
+    hrefs = entry.get("hrefs")
+    if not isinstance(hrefs, Mapping):
+        return {}
+    base = entry.get("href_base") or ""
+    return {str(asset): f"{base}{href}" for asset, href in hrefs.items()}

@@ -285,7 +285,7 @@ def symlink() -> tarfile.TarInfo:
 
 
 def every_grid(doc: dict) -> list[dict]:
-    return [doc["grid"], *(entry["grid"] for entry in doc["images"])]
+    return [doc["grid"], *(entry["grid"] for entry in doc["images"] if "grid" in entry)]
 
 
 def shift_grid(doc: dict) -> None:
@@ -300,6 +300,10 @@ def other_crs(doc: dict) -> None:
 
 
 def shift_shared_grid(doc: dict) -> None:
+    """A schema-1 sample (each image repeats the grid) whose shared grid moved."""
+    doc["schema_version"] = 1
+    for entry in doc["images"]:
+        entry["grid"] = json.loads(json.dumps(doc["grid"]))
     doc["grid"]["transform"][5] -= 10.0
 
 

@@ -142,3 +142,23 @@ def test_cli_plan_json(tmp_path: Path) -> None:
     )
     summary = json.loads(proc.stdout)
     assert summary["n_locations"] == 50 and summary["n_clusters"] == 3
+
+
+def test_large_plans_fit_on_a_seeded_sample_and_join_the_nearest_centre(monkeypatch) -> None:
+    import geoprep.planning.clusters as clusters
+    from geoprep.planning.samplers.geometry import unit_xyz
+
+    rng = np.random.default_rng(1)
+    lat, lon = rng.uniform(-60, 70, 3000), rng.uniform(-180, 180, 3000)
+    config = ClusterConfig(k=12, n_init=1)
+    full, _ = geo_clusters(lat, lon, config, seed=4)
+    monkeypatch.setattr(clusters, "FIT_MAX", 800)
+    labels, centres = geo_clusters(lat, lon, config, seed=4)
+    again, _ = geo_clusters(lat, lon, config, seed=4)
+    np.testing.assert_array_equal(labels, again)
+    assert centres["size"].sum() == 3000 and len(centres) == 12
+    xyz, middle = unit_xyz(lat, lon), unit_xyz(centres["lat"], centres["lon"])
+    nearest = ((xyz[:, None, :] - middle[None, :, :]) ** 2).sum(-1).argmin(1)
+    # (centres are projected onto the sphere; the means they come from decide a few borders)
+    assert (nearest == labels).mean() > 0.99 and (centres["size"] > 0).all()
+    assert not np.array_equal(labels, full)  # the sample, not all 3,000 points, placed them

@@ -9,6 +9,7 @@ from global_land_mask import globe
 from scipy.spatial import cKDTree
 
 from geoprep.core.progress import Bar
+from geoprep.planning.samplers import urban
 from geoprep.planning.samplers.geometry import (
     EARTH_RADIUS_M,
     KM_PER_DEGREE,
@@ -106,3 +107,60 @@ def test_shortfall_is_reported_not_hidden() -> None:
     ).sample(np.random.default_rng(0), Bar())
     assert 0 < len(result.locations) < 10
     assert result.dropped["shortfall"] == 10 - len(result.locations)
+
+
+def one_by_one(seed: int, n: int, top_cities: int, sigma_km: float, min_m: float, attempts: int):
+    """The sampling rule written plainly: batches of 4,096 draws, each candidate on land kept
+    unless an already kept point lies closer than `min_m` (brute force over all of them)."""
+    cities = load_cities("geonames").head(top_cities)
+    rng = np.random.default_rng(seed)
+    kept: list[tuple[int, float, float]] = []
+    points: list[np.ndarray] = []
+    drawn, budget, too_close = 0, n * attempts, 0
+    while len(kept) < n and drawn < budget:
+        size = min(4096, budget - drawn)
+        drawn += size
+        city = rng.integers(0, len(cities), size)
+        north, east = rng.normal(0.0, sigma_km, (2, size))
+        lat, lon = offset_km(
+            cities["lat"].to_numpy()[city], cities["lon"].to_numpy()[city], north, east
+        )
+        ok = (np.abs(lat) <= 90) & globe.is_land(lat.clip(-90, 90), lon)
+        xyz = unit_xyz(lat, lon) * EARTH_RADIUS_M
+        for i in np.flatnonzero(ok):
+            if points and (((np.array(points) - xyz[i]) ** 2).sum(axis=1) < min_m**2).any():
+                too_close += 1
+                continue
+            points.append(xyz[i])
+            kept.append((int(city[i]), float(lat[i]), float(lon[i])))
+            if len(kept) == n:
+                break
+    return kept, too_close
+
+
+@pytest.mark.parametrize(
+    ("n", "top_cities", "sigma_km", "min_m", "attempts"),
+    [
+        (3000, 20, 5.0, 300.0, 50),  # many pairs within a chunk and across chunks
+        (2000, 1, 1.0, 200.0, 2),  # a shortfall: the budget runs out
+        (1500, 300, 50.0, 1980.0, 50),  # the recipe's spacing, few conflicts
+    ],
+)
+@pytest.mark.parametrize("chunk", [4096, urban._CHUNK_MIN])  # one batch a chunk; the default
+def test_chunked_spacing_keeps_exactly_the_one_by_one_points(
+    n, top_cities, sigma_km, min_m, attempts, chunk, monkeypatch
+):
+    monkeypatch.setattr(urban, "_CHUNK_MIN", chunk)
+    result = UrbanSampler(
+        kind="urban",
+        n=n,
+        top_cities=top_cities,
+        sigma_km=sigma_km,
+        min_distance_m=min_m,
+        max_attempts_per_point=attempts,
+    ).sample(np.random.default_rng(5), Bar())
+    kept, too_close = one_by_one(5, n, top_cities, sigma_km, min_m, attempts)
+    frame = result.locations
+    assert list(zip(frame["lat"], frame["lon"], strict=True)) == [(k[1], k[2]) for k in kept]
+    assert result.dropped.get("too_close", 0) == too_close > 0
+    assert result.dropped.get("shortfall", 0) == n - len(kept)

@@ -28,6 +28,7 @@ from geoprep.shards.records import (
     sample_json,
     sample_members,
 )
+from geoprep.shards.schema import SCHEMA_VERSION, entry_hrefs
 from geoprep.shards.writer import TAR_MTIME, ShardWriter
 
 SIGNED = "https://acct.blob.core.windows.net/c/B04.tif?st=2024&se=2024&sp=rl&sig=SECRET%3D"
@@ -135,7 +136,9 @@ def test_stock_webdataset_reads_keys_and_members(tmp_path: Path, fmt: str) -> No
     meta = json.loads(samples[0]["json"])
     assert meta["id"] == "loc_a" and meta["grid"] == grid()
     assert meta["images"][0]["member"] == f"s2.t0.{fmt}"
-    assert meta["images"][0]["hrefs"]["B04"] == SIGNED.split("?")[0]
+    assert entry_hrefs(meta["images"][0]) == {"B04": SIGNED.split("?")[0]}
+    assert meta["images"][0]["hrefs"] == {"B04": "B04.tif"}
+    assert meta["schema_version"] == SCHEMA_VERSION and "grid" not in meta["images"][0]
     with tarfile.open(tar) as archive:
         members = archive.getmembers()
     keys = [m.name.split(".")[0] for m in members]

@@ -6,12 +6,14 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
+from scipy.spatial import cKDTree
 
 from geoprep.core.errors import UserError
 from geoprep.planning.samplers.base import MAX_LOCATIONS, Progress, SamplerConfig, SampleResult
@@ -21,8 +23,10 @@ log = logging.getLogger(__name__)
 
 #: The Earth's land area, m² (149 million km²).
 LAND_AREA_M2 = 1.49e14
-#: Candidates drawn per vectorised batch; the acceptance loop below is sequential.
+#: Candidates drawn per batch (fixed: the random draws depend on it).
 _BATCH = 4096
+#: Candidates checked for spacing at once: between these, growing with the points accepted.
+_CHUNK_MIN, _CHUNK_MAX = 65_536, 4_000_000
 
 
 class UrbanSampler(SamplerConfig):
@@ -80,71 +84,72 @@ class UrbanSampler(SamplerConfig):
         return bounds
 
     def sample(self, rng: np.random.Generator, progress: Progress) -> SampleResult:
+        """Candidates are drawn in batches of `_BATCH` and accepted one by one in draw order:
+        a candidate is kept unless an earlier kept point lies within `min_distance_m`. The
+        check runs on chunks of many batches at once (`_Spacing`), with the same outcome."""
         cities = load_cities(self.cities).head(self.top_cities)
+        city_lat, city_lon = cities["lat"].to_numpy(), cities["lon"].to_numpy()
         land = _land_test() if self.land_only else None
         region = _load_region(self.within) if self.within else None
         progress.set_total(self.n)
 
-        grid = _DistanceGrid(self.min_distance_m)
-        accepted: list[tuple[int, float, float]] = []
+        spacing = _Spacing(self.min_distance_m)
+        kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (city, lat, lon) per chunk
+        count = 0
         dropped: Counter[str] = Counter()
         budget = self.n * self.max_attempts_per_point
         drawn = 0
-        while len(accepted) < self.n and drawn < budget:
-            size = min(_BATCH, budget - drawn)
-            drawn += size
-            city_idx = rng.integers(0, len(cities), size)
-            lat0 = cities["lat"].to_numpy()[city_idx]
-            lon0 = cities["lon"].to_numpy()[city_idx]
-            north_km, east_km = rng.normal(0.0, self.sigma_km, (2, size))
-            lat, lon = offset_km(lat0, lon0, north_km, east_km)
+        while count < self.n and drawn < budget:
+            # a chunk: as many candidates as points so far (at least _CHUNK_MIN), so the
+            # accepted points are indexed O(log n) times; draws past the n-th point are unused
+            batches = []
+            chunk = min(max(_CHUNK_MIN, count), _CHUNK_MAX)
+            drawn_before = drawn
+            while drawn - drawn_before < chunk and drawn < budget:
+                size = min(_BATCH, budget - drawn)
+                drawn += size
+                batches.append(self._draw(rng, size, city_lat, city_lon, land, region))
+            city = np.concatenate([b.city for b in batches])
+            lat, lon = (
+                np.concatenate([b.lat for b in batches]),
+                np.concatenate([b.lon for b in batches]),
+            )
+            xyz = np.concatenate([b.xyz for b in batches])
+            batch_of = np.repeat(np.arange(len(batches)), [len(b.lat) for b in batches])
+            ok = spacing.admit(xyz)
+            considered, last = len(ok), len(batches) - 1
+            total = np.cumsum(ok)
+            if len(ok) and total[-1] >= self.n - count:  # the n-th point: the sampler stops there
+                considered = int(np.searchsorted(total, self.n - count)) + 1
+                ok[considered:] = False
+                last = int(batch_of[considered - 1])
+            for batch in batches[: last + 1]:
+                dropped.update(batch.dropped)
+            dropped["too_close"] += int((~ok[:considered]).sum())
+            spacing.add(xyz[ok])
+            kept.append((city[ok], lat[ok], lon[ok]))
+            count += int(ok.sum())
+            progress.advance(int(ok.sum()))
 
-            keep = np.abs(lat) <= 90.0
-            dropped["beyond_pole"] += int((~keep).sum())
-            if land is not None:
-                on_land = land(lat.clip(-90, 90), lon)
-                dropped["at_sea"] += int((keep & ~on_land).sum())
-                keep &= on_land
-            if region is not None:
-                inside = region(lat, lon)
-                dropped["outside_region"] += int((keep & ~inside).sum())
-                keep &= inside
-            if self.bounds is not None:
-                west, south, east, north = self.bounds
-                inside = (lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)
-                dropped["outside_bounds"] += int((keep & ~inside).sum())
-                keep &= inside
-
-            xyz = unit_xyz(lat, lon) * EARTH_RADIUS_M
-            for i in np.flatnonzero(keep):
-                if grid.too_close(xyz[i]):
-                    dropped["too_close"] += 1
-                    continue
-                grid.add(xyz[i])
-                accepted.append((int(city_idx[i]), float(lat[i]), float(lon[i])))
-                progress.advance()
-                if len(accepted) == self.n:
-                    break
-
-        if len(accepted) < self.n:
+        if count < self.n:
             log.warning(
                 "urban sampler: only %d of %d points after %d candidates; lower min_distance_m "
                 "or raise top_cities/max_attempts_per_point",
-                len(accepted),
+                count,
                 self.n,
                 drawn,
             )
-            dropped["shortfall"] += self.n - len(accepted)
+            dropped["shortfall"] += self.n - count
 
-        idx = np.array([a[0] for a in accepted], dtype=int)
+        idx = np.concatenate([k[0] for k in kept]) if kept else np.zeros(0, int)
         chosen = cities.iloc[idx].reset_index(drop=True)
         locations = pd.DataFrame(
             {
-                "id": [f"urban-{i:07d}" for i in range(len(accepted))],
-                "lat": [a[1] for a in accepted],
-                "lon": [a[2] for a in accepted],
+                "id": [f"urban-{i:07d}" for i in range(count)],
+                "lat": np.concatenate([k[1] for k in kept]) if kept else np.zeros(0),
+                "lon": np.concatenate([k[2] for k in kept]) if kept else np.zeros(0),
                 "source": "urban",
-                "label": pd.Series([None] * len(accepted), dtype="object"),
+                "label": pd.Series([None] * count, dtype="object"),
                 "city": chosen["name"].to_numpy(),
                 "city_lat": chosen["lat"].to_numpy(),
                 "city_lon": chosen["lon"].to_numpy(),
@@ -152,6 +157,40 @@ class UrbanSampler(SamplerConfig):
             }
         )
         return SampleResult(locations, +dropped)
+
+    def _draw(self, rng, size, city_lat, city_lon, land, region) -> _Batch:
+        """One batch of candidates, those that pass the land, region and bounds tests kept."""
+        dropped: Counter[str] = Counter()
+        city_idx = rng.integers(0, len(city_lat), size)
+        north_km, east_km = rng.normal(0.0, self.sigma_km, (2, size))
+        lat, lon = offset_km(city_lat[city_idx], city_lon[city_idx], north_km, east_km)
+
+        keep = np.abs(lat) <= 90.0
+        dropped["beyond_pole"] += int((~keep).sum())
+        if land is not None:
+            on_land = land(lat.clip(-90, 90), lon)
+            dropped["at_sea"] += int((keep & ~on_land).sum())
+            keep &= on_land
+        if region is not None:
+            inside = region(lat, lon)
+            dropped["outside_region"] += int((keep & ~inside).sum())
+            keep &= inside
+        if self.bounds is not None:
+            west, south, east, north = self.bounds
+            inside = (lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)
+            dropped["outside_bounds"] += int((keep & ~inside).sum())
+            keep &= inside
+        xyz = unit_xyz(lat, lon) * EARTH_RADIUS_M  # of the whole batch, as points always were
+        return _Batch(city_idx[keep], lat[keep], lon[keep], xyz[keep], dropped)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    city: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    xyz: np.ndarray
+    dropped: Counter[str]
 
 
 def offset_km(
@@ -240,33 +279,57 @@ def _load_region(path: str):
     return inside
 
 
-class _DistanceGrid:
-    """Exact minimum-distance check in Earth-centred metres, hashed on a cube grid.
+class _Spacing:
+    """The minimum-distance rule in Earth-centred metres, for chunks of candidates at once.
 
-    Chord length differs from great-circle length by under 1e-8 relative at these distances, and a
-    3-D grid has no seam at the antimeridian or the poles.
+    `admit(xyz)` says which candidates of a chunk a one-by-one pass would keep: a candidate is
+    refused when an earlier kept point (of an earlier chunk, or earlier in this chunk) lies closer
+    than the minimum distance. k-d trees find the few pairs near that distance; the decision
+    itself uses the squared chord length, as the one-by-one rule does. Chord length differs from
+    great-circle length by under 1e-8 relative at these distances, and 3-D points have no seam
+    at the antimeridian or the poles.
     """
 
     def __init__(self, min_distance_m: float) -> None:
         self.min_distance = min_distance_m
-        self.cell = max(min_distance_m, 1.0)
-        self.cells: dict[tuple[int, int, int], list[np.ndarray]] = {}
+        self.limit = min_distance_m**2
+        # a little farther than the limit: the tree's rounding never hides a pair
+        self.reach = min_distance_m * (1 + 1e-6) + 1e-6
+        self.points = np.zeros((0, 3))
+        self.tree: cKDTree | None = None
 
-    def _key(self, point: np.ndarray) -> tuple[int, int, int]:
-        return tuple(math.floor(c / self.cell) for c in point)  # type: ignore[return-value]
+    def _close(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ((a - b) ** 2).sum(axis=-1) < self.limit
 
-    def too_close(self, point: np.ndarray) -> bool:
-        if self.min_distance <= 0:
-            return False
-        kx, ky, kz = self._key(point)
-        limit = self.min_distance**2
-        for dx in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                for dz in (-1, 0, 1):
-                    for other in self.cells.get((kx + dx, ky + dy, kz + dz), ()):
-                        if float(((other - point) ** 2).sum()) < limit:
-                            return True
-        return False
+    def admit(self, xyz: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(xyz), bool)
+        if self.min_distance <= 0 or not len(xyz):
+            return ok
+        if self.tree is not None:
+            distance, nearest = self.tree.query(xyz, distance_upper_bound=self.reach, workers=-1)
+            near = np.flatnonzero(np.isfinite(distance))
+            blocked = self._close(self.points[nearest[near]], xyz[near])
+            ok[near[blocked]] = False
+            for i in near[~blocked]:  # near the limit, yet the nearest is not too close: others?
+                others = self.tree.query_ball_point(xyz[i], self.reach)
+                ok[i] = not self._close(self.points[others], xyz[i]).any()
+        # built once and used once: an unbalanced tree builds faster
+        chunk = cKDTree(xyz, balanced_tree=False, compact_nodes=False)
+        pairs = chunk.query_pairs(self.reach, output_type="ndarray")
+        if len(pairs):
+            pairs = pairs[self._close(xyz[pairs[:, 0]], xyz[pairs[:, 1]])]
+            # in draw order of the later point: when j is decided, every i < j already is
+            pairs = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
+            keep = bytearray(ok.tobytes())
+            for i, j in pairs.tolist():
+                if keep[i] and keep[j]:
+                    keep[j] = 0
+            ok = np.frombuffer(bytes(keep), bool).copy()
+        return ok
 
-    def add(self, point: np.ndarray) -> None:
-        self.cells.setdefault(self._key(point), []).append(point)
+    def add(self, xyz: np.ndarray) -> None:
+        if self.min_distance > 0 and len(xyz):
+            self.points = np.concatenate([self.points, xyz])
+            # sliding-midpoint splits build several times faster than medians at millions of
+            # points, and the queries stay as fast
+            self.tree = cKDTree(self.points, balanced_tree=False, compact_nodes=False)
