@@ -228,6 +228,21 @@ def test_crawler_keeps_clean_items_and_drops_flawed_ones_by_reason(aporee_world)
     assert "coverage_only" in set(kept["problem"]) and "too_short" in set(kept["problem"])
 
 
+def test_plans_hold_as_many_recordings_as_asked_every_soundscape_in_turn(truth, monkeypatch):
+    from geoprep.demo import aporee_plan
+
+    # more than two rounds of the 15 soundscapes per AOI (the old plan stopped at two)
+    monkeypatch.setitem(aporee_plan.RECORDINGS_PER_AOI, "tiny", 40)
+    items = aporee_plan.plan_items(truth, np.random.default_rng(SEED))
+    clean = [i for i in items if not i.problem and not i.duplicate_of]
+    for aoi in truth.aois:
+        here = Counter(i.soundscape for i in clean if i.aoi == aoi.name)
+        assert sum(here.values()) >= 37, aoi.name  # 40 asked, a revisit, some absent classes
+        for name in aporee_plan.FIRST_SOUNDSCAPES:
+            assert here[name] >= 3, (aoi.name, name)
+    assert len({i.identifier for i in items}) == len(items)
+
+
 def test_items_have_the_archive_org_shape(aporee_world) -> None:
     manifest = read_manifest(aporee_world)
     licences = set()
@@ -371,6 +386,24 @@ def read_fmow_manifest(world: Path) -> dict[tuple[str, str], dict]:
 
     frame = pd.read_csv(world / "fmow" / "locations.csv")
     return {(r["split"], r["location"]): r for r in frame.to_dict("records")}
+
+
+def test_fmow_plans_many_houses_per_town_and_most_locations_have_several_images(
+    truth, monkeypatch
+) -> None:
+    from geoprep.demo import fmow_world as world
+
+    monkeypatch.setitem(world.LOCATIONS_PER_CATEGORY, "tiny", 12)
+    rng = np.random.default_rng(SEED)
+    locations = world._choose_locations(truth, rng)
+    houses = [loc for loc in locations if loc.category == "single-unit_residential"]
+    towns = truth.features[
+        (truth.features["cls"] == "built_up") & (truth.features["valid_from_year"] < CHANGE_YEAR)
+    ]
+    assert len(houses) == 12 > len(towns)  # several houses in a town, each its own location
+    assert len({loc.target.wkt for loc in houses}) == 12
+    counts = [len(world._acquisitions(loc, rng)) for loc in locations for _ in range(20)]
+    assert np.mean(np.array(counts) >= 2) > 0.75  # temporal positives for most locations
 
 
 def test_changing_objects_are_seen_before_and_after_the_change(fmow_world) -> None:
