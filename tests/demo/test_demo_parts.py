@@ -413,3 +413,23 @@ def test_changing_objects_are_seen_before_and_after_the_change(fmow_world) -> No
     assert changing
     for row in changing:
         assert int(row["first"][:4]) < CHANGE_YEAR <= int(row["last"][:4])
+
+
+@pytest.mark.parametrize("name", ["aporee", "fmow"])
+def test_a_part_built_beside_the_others_reads_the_written_truth_to_the_same_bytes(
+    name: str, truth, tmp_path
+) -> None:
+    import zlib
+
+    from geoprep.demo import world
+
+    assert name in world.BESIDE_PARTS
+    truth.write(tmp_path / "truth")
+    beside = world._part_beside(
+        name, str(tmp_path / "truth"), str(tmp_path / "beside"), SEED, "tiny"
+    )
+    rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
+    progress = world._Tally(None)
+    ctx = world.PartContext(truth, tmp_path / "here", rng, progress, "tiny", SEED)
+    assert dict(world.WORLD_PARTS)[name](ctx) == beside
+    assert digests(tmp_path / "beside") == digests(tmp_path / "here")
