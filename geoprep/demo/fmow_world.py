@@ -70,9 +70,14 @@ CHANGED_BUILT_UP = "construction_site"
 #: fewer objects in the world (stadiums, golf courses, construction sites) have all of theirs.
 #: The small world's 500-odd locations are enough to pretrain GASSL on and probe it with.
 LOCATIONS_PER_CATEGORY = {"tiny": 1, "small": 64, "full": 96}
-#: Probabilities of a location having 1, 2, ... 6 images: four in five have two or more, so
-#: most locations give GASSL a temporal positive.
-IMAGE_COUNT_WEIGHTS = (0.2, 0.4, 0.2, 0.1, 0.05, 0.05)
+#: Probabilities of a location having 1, 2, ... 6 images, per world scale: in the small and
+#: full worlds four in five have two or more, so most locations give GASSL a temporal
+#: positive; the tiny world (tests) keeps single-image locations common.
+IMAGE_COUNT_WEIGHTS = {
+    "tiny": (0.3, 0.25, 0.2, 0.1, 0.1, 0.05),
+    "small": (0.2, 0.4, 0.2, 0.1, 0.05, 0.05),
+    "full": (0.2, 0.4, 0.2, 0.1, 0.05, 0.05),
+}
 MAX_SIDE_PX, MIN_SIDE_PX = 320, 64
 GSD_RANGE = (0.5, 2.0)
 VAL_SHARE = 0.25
@@ -193,9 +198,12 @@ def _house(inner, rng: np.random.Generator):
     return None
 
 
-def _acquisitions(location: _Location, rng: np.random.Generator) -> list[dt.datetime]:
+def _acquisitions(
+    location: _Location, rng: np.random.Generator, scale: str = "small"
+) -> list[dt.datetime]:
     """1 to 6 acquisition times, in order; a changing object is seen before and after."""
-    count = int(rng.choice(np.arange(1, 7), p=IMAGE_COUNT_WEIGHTS))
+    weights = IMAGE_COUNT_WEIGHTS.get(scale, IMAGE_COUNT_WEIGHTS["small"])
+    count = int(rng.choice(np.arange(1, 7), p=weights))
     if location.changes:
         count = max(count, 2)
     years = sorted(int(y) for y in rng.choice(YEARS, count))
@@ -383,7 +391,7 @@ def build_fmow(truth: Truth, out_dir: Path, rng: np.random.Generator, progress=N
         key = (location.split, location.category)
         numbers[key] = numbers.get(key, -1) + 1
         location.name = f"{location.category}_{numbers[key]}"
-    plans = [(location, _acquisitions(location, rng)) for location in locations]
+    plans = [(location, _acquisitions(location, rng, truth.scale)) for location in locations]
     if progress is not None:
         progress.set_total(sum(len(times) for _, times in plans))
     by_aoi = {aoi.name: _AoiFeatures(truth, aoi) for aoi in truth.aois}

@@ -402,7 +402,7 @@ def test_fmow_plans_many_houses_per_town_and_most_locations_have_several_images(
     ]
     assert len(houses) == 12 > len(towns)  # several houses in a town, each its own location
     assert len({loc.target.wkt for loc in houses}) == 12
-    counts = [len(world._acquisitions(loc, rng)) for loc in locations for _ in range(20)]
+    counts = [len(world._acquisitions(loc, rng, "small")) for loc in locations for _ in range(20)]
     assert np.mean(np.array(counts) >= 2) > 0.75  # temporal positives for most locations
 
 
