@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="steps of the closing CSF training run (default 100; 0 skips training)",
+        help="steps of the closing CSF training run (default 100); GASSL, CACo and "
+        "SoundingEarth then train for a few steps each, at most N (0 skips training)",
     )
     p.set_defaults(func=_cmd_demo)
     return parser

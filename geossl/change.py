@@ -5,9 +5,9 @@ every season image of its first and last year group (the 20/60 m bands upsampled
 grid, as in training); a year group's embedding is the mean of its L2-normalised features and
 the location's score is the Euclidean distance between the two means. `change_auc` is the
 ROC-AUC of that score against the truth "changed": land cover differing between the two years
-over at least `min_fraction` of the patch, read from a land-cover table with the columns
-`cls`, `valid_from_year`, `valid_to_year` (inclusive) and polygon `geometry` (GeoParquet or any
-file geopandas reads), such as the demo world's `truth/landcover.parquet`.
+(class by class) over at least `min_fraction` of the patch, read from a land-cover table with
+the columns `cls`, `valid_from_year`, `valid_to_year` (inclusive) and polygon `geometry`
+(GeoParquet or any file geopandas reads), such as the demo world's `truth/landcover.parquet`.
 """
 
 from __future__ import annotations
@@ -82,17 +82,29 @@ def load_truth(path: str | Path) -> gpd.GeoDataFrame:
 def changed_fraction(
     truth: gpd.GeoDataFrame, crs: str, bounds: tuple[float, ...], years: tuple[int, int]
 ) -> float:
-    """Share of the footprint covered by features present in one of the two years only."""
+    """Share of the footprint whose land cover differs between the two years: per class, the
+    symmetric difference of its cover in either year. A feature that ends where its successor
+    of the same class begins (a forest cut back by a new quarry) counts only where the cover
+    changed (the pit), not over all of it."""
     footprint = gpd.GeoSeries([box(*bounds)], crs=CRS.from_user_input(crs)).to_crs(4326)
     area = footprint.iloc[0]
+    near = truth[truth.intersects(area)]
     first, last = years
-    valid_first = (truth.valid_from_year <= first) & (truth.valid_to_year >= first)
-    valid_last = (truth.valid_from_year <= last) & (truth.valid_to_year >= last)
-    changed = truth[valid_first != valid_last]
-    near = changed[changed.intersects(area)]
-    if near.empty:
+    covers = []
+    for year in (first, last):
+        valid = near[(near.valid_from_year <= year) & (near.valid_to_year >= year)]
+        covers.append({cls: part.union_all() for cls, part in valid.geometry.groupby(valid.cls)})
+    differences = []
+    for cls in set(covers[0]) | set(covers[1]):
+        before, after = covers[0].get(cls), covers[1].get(cls)
+        if before is None or after is None:
+            differences.append(before if after is None else after)
+        else:
+            differences.append(before.symmetric_difference(after))
+    if not differences:
         return 0.0
-    return float(near.union_all().intersection(area).area / area.area)
+    changed = gpd.GeoSeries(differences, crs=4326).union_all()
+    return float(changed.intersection(area).area / area.area)
 
 
 def change_auc(

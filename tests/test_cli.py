@@ -89,7 +89,7 @@ def test_demo_passes_its_worker_count(monkeypatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("failing", [None, "train", "eval"])
-def test_the_demo_ends_with_csf_training_and_its_evaluation(monkeypatch, tmp_path, failing):
+def test_the_demo_ends_with_training_and_evaluation_of_every_method(monkeypatch, tmp_path, failing):
     ran = []
 
     def fake_run(command, **kwargs):
@@ -98,15 +98,34 @@ def test_the_demo_ends_with_csf_training_and_its_evaluation(monkeypatch, tmp_pat
 
     monkeypatch.setattr(geoprep.demo.run.subprocess, "run", fake_run)
     if failing:
-        with pytest.raises(UserError, match=f"geossl {failing}' failed"):
+        with pytest.raises(UserError, match=f"geossl {failing}' of csf failed"):
             geoprep.demo.run.train_stage(tmp_path, 7)
         return
-    result = geoprep.demo.run.train_stage(tmp_path, 7)
-    train, evaluate = ran
-    assert train[1:4] == ["-m", "geossl", "train"] and train[4].endswith("train/demo/csf.yaml")
-    assert f"data.source={tmp_path / 'csf'}" in train and "trainer.steps=7" in train
-    assert evaluate[3:] == ["eval", str(tmp_path / "runs" / "csf"), str(tmp_path / "csf-osm-eval")]
-    assert result.stage == "train" and result.out == tmp_path / "runs" / "csf"
+    results = geoprep.demo.run.train_stage(tmp_path, 30)
+    methods = ["csf", "gassl", "caco", "soundingearth"]
+    assert [r.dataset for r in results] == methods
+    assert all(r.stage == "train" for r in results)
+    assert [r.out for r in results] == [tmp_path / "runs" / m for m in methods]
+    trains, evals = ran[0::2], ran[1::2]
+    for method, train in zip(methods, trains, strict=True):
+        assert train[1:4] == ["-m", "geossl", "train"]
+        assert train[4].endswith(f"train/demo/{method}.yaml")
+    assert f"data.source={tmp_path / 'csf'}" in trains[0] and "trainer.steps=30" in trains[0]
+    # the other methods' runs are brief: their own step counts, never more than asked for
+    briefs = {t.method: t.steps for t in geoprep.demo.run.DEMO_TRAININGS}
+    assert f"trainer.steps={min(30, briefs['gassl'])}" in trains[1]
+    assert f"data.source={tmp_path / 'fmow'}" in trains[1]
+    assert f"data.source={tmp_path / 'caco'}" in trains[2]
+    assert f"data.source={tmp_path / 'aporee'}" in trains[3]
+    assert evals[0][3:] == ["eval", str(tmp_path / "runs" / "csf"), str(tmp_path / "csf-osm-eval")]
+    assert evals[1][3:] == ["eval", str(tmp_path / "runs" / "gassl"), str(tmp_path / "fmow")]
+    assert evals[2][-2:] == ["--slot", "t0"]
+    recordings = str(tmp_path / "world" / "aporee" / "recordings.csv")
+    assert evals[3][5:8] == [str(tmp_path / "aporee"), "--labels", recordings]
+    assert evals[3][-2:] == ["--label-column", "land_cover"]
+    ran.clear()
+    geoprep.demo.run.train_stage(tmp_path, 3)
+    assert all("trainer.steps=3" in train for train in ran[0::2])
 
 
 def test_serve_demo_is_its_own_command(monkeypatch, tmp_path: Path, capsys) -> None:

@@ -21,10 +21,14 @@ from shapely.geometry import Point, box
 from geoprep.demo import sounds
 from geoprep.demo.truth import PAINT_ORDER, YEARS, Aoi, Truth
 
-#: Clean recordings per AOI; durations (s) of the short ones and of the few long ones.
-RECORDINGS_PER_AOI = {"tiny": 3, "small": 8, "full": 16}
-SHORT_DURATION_S = {"tiny": (3.5, 7.0), "small": (3.5, 25.0), "full": (3.5, 45.0)}
-LONG_DURATIONS_S = {"tiny": (), "small": (180.0, 200.0), "full": (240.0, 300.0)}
+#: Clean recordings per AOI (the small world's are enough to train SoundingEarth on: over 300
+#: with imagery in all); durations (s) of the short ones and of the few long ones (longer than
+#: the demo's 60 s cut). The small world's are short, so that hundreds render, encode and build
+#: in a minute or two; each holds one or more spectrogram windows of 128 frames (2.97 s at
+#: 22,050 Hz) besides its fades.
+RECORDINGS_PER_AOI = {"tiny": 3, "small": 116, "full": 240}
+SHORT_DURATION_S = {"tiny": (3.5, 7.0), "small": (4.0, 8.0), "full": (3.5, 45.0)}
+LONG_DURATIONS_S = {"tiny": (), "small": (75.0, 90.0), "full": (240.0, 300.0)}
 REGIONS = {"iowa": "Iowa, USA", "bavaria": "Bavaria, Germany", "victoria": "Victoria, Australia"}
 #: Soundscapes every AOI gets first (so even tiny worlds can compare them), then the others.
 FIRST_SOUNDSCAPES = ("water", "built_up", "forest")
@@ -299,11 +303,13 @@ def plan_items(truth: Truth, rng: np.random.Generator) -> list[PlannedItem]:
     items: list[PlannedItem] = []
     for aoi in truth.aois:
         wanted = list(FIRST_SOUNDSCAPES) + list(rng.permutation(OTHER_SOUNDSCAPES))
-        for k, name in enumerate((wanted * 2)[:per_aoi], start=len(items)):
+        # every soundscape in turn, as often as the count asks (there is no cap per soundscape)
+        turns = [wanted[i % len(wanted)] for i in range(per_aoi)]
+        for k, name in enumerate(turns, start=len(items)):
             rate, channels = int(rates[k % n_clean]), 2 if stereo[k % n_clean] else 1
             seconds = float(np.exp(rng.uniform(np.log(low), np.log(high))))
             if rate > 22_050 or channels == 2:
-                seconds = min(seconds, 12.0)
+                seconds = min(seconds, 8.0)
             if longs and name in ("forest", "water"):
                 seconds, rate, channels = longs.pop(0), 16_000, 1
             items.append(planner.item(aoi, name, seconds, rate, channels))

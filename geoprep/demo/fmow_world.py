@@ -66,10 +66,18 @@ CATEGORY_OF_CLASS = {
     "built_up": "single-unit_residential",
 }
 CHANGED_BUILT_UP = "construction_site"
-#: Locations per category (spread over the AOIs in turn), per world scale.
-LOCATIONS_PER_CATEGORY = {"tiny": 1, "small": 4, "full": 10}
-#: Probabilities of a location having 1, 2, ... 6 images.
-IMAGE_COUNT_WEIGHTS = (0.3, 0.25, 0.2, 0.1, 0.1, 0.05)
+#: Locations per category (spread over the AOIs in turn), per world scale; categories with
+#: fewer objects in the world (stadiums, golf courses, construction sites) have all of theirs.
+#: The small world's 500-odd locations are enough to pretrain GASSL on and probe it with.
+LOCATIONS_PER_CATEGORY = {"tiny": 1, "small": 64, "full": 96}
+#: Probabilities of a location having 1, 2, ... 6 images, per world scale: in the small and
+#: full worlds four in five have two or more, so most locations give GASSL a temporal
+#: positive; the tiny world (tests) keeps single-image locations common.
+IMAGE_COUNT_WEIGHTS = {
+    "tiny": (0.3, 0.25, 0.2, 0.1, 0.1, 0.05),
+    "small": (0.2, 0.4, 0.2, 0.1, 0.05, 0.05),
+    "full": (0.2, 0.4, 0.2, 0.1, 0.05, 0.05),
+}
 MAX_SIDE_PX, MIN_SIDE_PX = 320, 64
 GSD_RANGE = (0.5, 2.0)
 VAL_SHARE = 0.25
@@ -135,12 +143,17 @@ def _choose_locations(truth: Truth, rng: np.random.Generator) -> list[_Location]
                 continue  # the river: not a lake or pond
             candidates.setdefault(category, {}).setdefault(aoi.name, []).append(row)
     sites = {aoi.name: (aoi, site.lat) for aoi, site in zip(truth.aois, SITES, strict=False)}
+    # where houses may stand: inside a town, clear of other objects (one shape per AOI and town)
+    lots: dict[tuple[str, int], object] = {}
     wanted = LOCATIONS_PER_CATEGORY[scale]
     locations = []
     for turn, category in enumerate(sorted(candidates)):
-        pools = {
-            name: list(rng.permutation(len(rows))) for name, rows in candidates[category].items()
-        }
+        pools = {}
+        for name, rows in candidates[category].items():
+            order = rng.permutation(len(rows))
+            if category == "single-unit_residential":  # a town has many houses
+                order = np.resize(order, wanted)
+            pools[name] = list(order)
         names = sorted(pools)
         names = names[turn % len(names) :] + names[: turn % len(names)]  # rotate the first AOI
         taken = 0
@@ -153,7 +166,9 @@ def _choose_locations(truth: Truth, rng: np.random.Generator) -> list[_Location]
                 if isinstance(target, MultiPolygon):
                     target = max(target.geoms, key=lambda g: g.area)
                 if category == "single-unit_residential":
-                    target = _house(target, obstacles[name], rng)
+                    if (name, row.fid) not in lots:
+                        lots[name, row.fid] = _house_lots(target, obstacles[name])
+                    target = _house(lots[name, row.fid], rng)
                     if target is None:
                         continue
                 changes = category == CHANGED_BUILT_UP or row.valid_from_year == CHANGE_YEAR
@@ -165,9 +180,13 @@ def _choose_locations(truth: Truth, rng: np.random.Generator) -> list[_Location]
     return locations
 
 
-def _house(town, obstacles, rng: np.random.Generator):
-    """A house-sized square somewhere inside a town, clear of other objects."""
-    inner = town.buffer(-40).difference(obstacles.buffer(30))
+def _house_lots(town, obstacles):
+    """The part of a town where a house can stand clear of other objects."""
+    return town.buffer(-40).difference(obstacles.buffer(30))
+
+
+def _house(inner, rng: np.random.Generator):
+    """A house-sized square somewhere inside ``inner`` (a town's :func:`_house_lots`)."""
     if inner.is_empty:
         return None
     west, south, east, north = inner.bounds
@@ -179,9 +198,12 @@ def _house(town, obstacles, rng: np.random.Generator):
     return None
 
 
-def _acquisitions(location: _Location, rng: np.random.Generator) -> list[dt.datetime]:
+def _acquisitions(
+    location: _Location, rng: np.random.Generator, scale: str = "small"
+) -> list[dt.datetime]:
     """1 to 6 acquisition times, in order; a changing object is seen before and after."""
-    count = int(rng.choice(np.arange(1, 7), p=IMAGE_COUNT_WEIGHTS))
+    weights = IMAGE_COUNT_WEIGHTS.get(scale, IMAGE_COUNT_WEIGHTS["small"])
+    count = int(rng.choice(np.arange(1, 7), p=weights))
     if location.changes:
         count = max(count, 2)
     years = sorted(int(y) for y in rng.choice(YEARS, count))
@@ -369,7 +391,7 @@ def build_fmow(truth: Truth, out_dir: Path, rng: np.random.Generator, progress=N
         key = (location.split, location.category)
         numbers[key] = numbers.get(key, -1) + 1
         location.name = f"{location.category}_{numbers[key]}"
-    plans = [(location, _acquisitions(location, rng)) for location in locations]
+    plans = [(location, _acquisitions(location, rng, truth.scale)) for location in locations]
     if progress is not None:
         progress.set_total(sum(len(times) for _, times in plans))
     by_aoi = {aoi.name: _AoiFeatures(truth, aoi) for aoi in truth.aois}

@@ -33,6 +33,9 @@ from geoprep.demo.truth import (
     make_aoi,
 )
 
+#: Fields each town builds over in CHANGE_YEAR (the land-cover change CACo has to notice).
+FIELDS_BUILT_PER_TOWN = 2
+
 
 def build_truth(seed: int = 0, scale: str = "small") -> Truth:
     """Generate the ground truth for ``seed`` at ``scale`` (one of :data:`SCALE_SIDES`)."""
@@ -325,7 +328,7 @@ class Landscape:
         self.add("quarry", pit, valid_from=CHANGE_YEAR)
 
     def _fields(self) -> None:
-        """A rotated grid of fields in the gaps; fields nearest the town are built over later."""
+        """A rotated grid of fields in the gaps; those nearest each town are built over later."""
         rng, side = self.rng, self.side
         angle = rng.uniform(-12, 12)
         blocked = unary_union(self.occupied).buffer(20)
@@ -351,9 +354,12 @@ class Landscape:
             y += h
             if y > side * 1.75:
                 break
-        town = self.city_points[0] if self.city_points else (centre, centre)
-        by_distance = sorted(range(len(fields)), key=lambda i: fields[i].distance(Point(town)))
-        changed = set(by_distance[:2])
+        # towns grow: the fields nearest each town are built over (the main town's first), so
+        # the change is seen around every town that Gaussian sampling centres on
+        changed: set[int] = set()
+        for town in self.city_points or [(centre, centre)]:
+            by_distance = sorted(range(len(fields)), key=lambda i: fields[i].distance(Point(town)))
+            changed.update([i for i in by_distance if i not in changed][:FIELDS_BUILT_PER_TOWN])
         for index, piece in enumerate(fields):
             until = CHANGE_YEAR - 1 if index in changed else ALWAYS_TO
             self.add("farmland", piece, valid_to=until)

@@ -27,9 +27,48 @@ log = logging.getLogger(__name__)
 PLAN_RECIPES = ("urban", "osm-csf12")
 BUILD_RECIPES = ("csf", "caco", "csf-osm-eval", "aporee", "fmow", "fmow-sentinel")
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "demo"
-#: The short training run that ends the demo: CSF on the `csf` set, evaluated on `csf-osm-eval`.
-TRAIN_CONFIG = RECIPE_DIR.parent / "train" / "demo" / "csf.yaml"
+TRAIN_DIR = RECIPE_DIR.parent / "train" / "demo"
+#: Steps of the closing CSF run (``--train-steps``); the other methods' runs are briefer.
 DEMO_TRAIN_STEPS = 100
+
+
+@dataclass(frozen=True)
+class DemoTraining:
+    """A short run that ends the demo: a method's demo config trained on one demo set and
+    evaluated on another beside random init (``recipes/train/demo/<method>.yaml``)."""
+
+    method: str
+    pretrain: str
+    evaluate: str
+    #: steps at most (the demo's ``--train-steps`` caps them); None: ``--train-steps`` itself
+    steps: int | None = None
+    #: `geossl eval` options; ``{out}`` is the demo directory
+    eval_options: tuple[str, ...] = ()
+
+
+#: CSF as long as ``--train-steps`` asks (its own tuning), then GASSL, CACo and SoundingEarth for
+#: a few steps each: enough to show each trains and evaluates on the demo world, not to show it
+#: learns (that takes `python -m benchmarks.learning`, README "Does it learn?").
+DEMO_TRAININGS = (
+    DemoTraining("csf", "csf", "csf-osm-eval"),
+    # linear probe and k-NN on the fMoW category of held-out locations
+    DemoTraining("gassl", "fmow", "fmow", steps=20),
+    # the OSM classes imaged by Sentinel-2 (single date: slot t0)
+    DemoTraining("caco", "caco", "csf-osm-eval", steps=20, eval_options=("--slot", "t0")),
+    # retrieval on held-out recordings; k-NN and probe on each recording's land cover
+    DemoTraining(
+        "soundingearth",
+        "aporee",
+        "aporee",
+        steps=8,
+        eval_options=(
+            "--labels",
+            "{out}/world/aporee/recordings.csv",
+            "--label-column",
+            "land_cover",
+        ),
+    ),
+)
 #: Metres kept between the CSF sets' locations and the edge of the NAIP imagery: more than
 #: half their 96 m patches.
 NAIP_INSET_M = 60.0
@@ -146,7 +185,7 @@ def run_demo(
     for name in BUILD_RECIPES:
         results.append(inspect_stage(name, out / name))
     if train_steps:
-        results.append(train_stage(out, train_steps))
+        results += train_stage(out, train_steps)
     print_summary(results)
     reports = [r.out for r in results if r.stage == "inspect"]
     console.print("reports: " + ", ".join(str(path / "report.html") for path in reports))
@@ -166,21 +205,36 @@ def inspect_stage(name: str, dataset: Path) -> StageResult:
     return StageResult(name, "inspect", report, detail, time.perf_counter() - started)
 
 
-def train_stage(out: Path, steps: int) -> StageResult:
-    """A short CSF run on the demo's pretraining set, then its evaluation beside a random-init
-    encoder (the table is printed). geossl runs in a subprocess: geoprep never imports the
-    training side, and the run is the one `geossl train` would make (rerun: it resumes)."""
-    run = out / "runs" / "csf"
-    train = [sys.executable, "-m", "geossl", "train", str(TRAIN_CONFIG), "-o", str(run)]
-    train += ["--set", f"data.source={out / 'csf'}", "--set", f"trainer.steps={steps}"]
-    evaluate = [sys.executable, "-m", "geossl", "eval", str(run), str(out / "csf-osm-eval")]
+def train_stage(out: Path, steps: int) -> list[StageResult]:
+    """Short runs of every method on the demo's sets (:data:`DEMO_TRAININGS`), each followed by
+    its evaluation beside a random-init encoder (the tables are printed). geossl runs in
+    subprocesses: geoprep never imports the training side, and each run is the one `geossl
+    train` would make (rerun: it resumes)."""
+    return [train_one(out, training, steps) for training in DEMO_TRAININGS]
+
+
+def train_one(out: Path, training: DemoTraining, steps: int) -> StageResult:
+    """Train one method briefly (at most ``steps``) and evaluate it."""
+    steps = steps if training.steps is None else min(steps, training.steps)
+    run = out / "runs" / training.method
+    config = TRAIN_DIR / f"{training.method}.yaml"
+    train = [sys.executable, "-m", "geossl", "train", str(config), "-o", str(run)]
+    train += ["--set", f"data.source={out / training.pretrain}", "--set", f"trainer.steps={steps}"]
+    evaluate = [sys.executable, "-m", "geossl", "eval", str(run), str(out / training.evaluate)]
+    evaluate += [option.format(out=out) for option in training.eval_options]
     started = time.perf_counter()
     for command in (train, evaluate):
         console.print(f"demo: {' '.join(command[1:])}")
         if subprocess.run(command).returncode != 0:
-            raise UserError(f"demo: '{' '.join(command[2:4])}' failed (its message is above)")
-    detail = f"CSF, {steps} steps; evaluated on csf-osm-eval beside random init (table above)"
-    return StageResult("csf", "train", run, detail, time.perf_counter() - started)
+            raise UserError(
+                f"demo: '{' '.join(command[2:4])}' of {training.method} failed "
+                "(its message is above)"
+            )
+    detail = (
+        f"{training.method}, {steps} steps on {training.pretrain}; evaluated on "
+        f"{training.evaluate} beside random init (table above)"
+    )
+    return StageResult(training.method, "train", run, detail, time.perf_counter() - started)
 
 
 @contextmanager

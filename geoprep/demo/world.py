@@ -5,7 +5,8 @@ part has finished, so a world directory is either complete or absent. Parts run 
 :data:`WORLD_PARTS`; each gets a :class:`PartContext` (truth, output directory, its own random
 generator derived from the seed and its name, progress) and returns a JSON-able summary that
 lands in ``world.json``. Later parts (OSM extract, Overpass features, audio recordings, fMoW
-tree) are added by appending to :data:`WORLD_PARTS`.
+tree) are added by appending to :data:`WORLD_PARTS`; those that read only the truth
+(:data:`BESIDE_PARTS`) are built in a second process while the others run.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -443,6 +446,20 @@ WORLD_PARTS: list[tuple[str, Callable[[PartContext], dict]]] = [
     ("aporee", aporee_part),
     ("fmow", fmow_part),
 ]
+#: Parts that read only the truth (no ``shared`` data) and are built in a second process while
+#: the others run: on two cores the recordings and the fMoW tree cost little beside the imagery.
+#: Each part's RNG depends only on the seed and its name, so the bytes are the same either way.
+BESIDE_PARTS = ("aporee", "fmow")
+
+
+def _part_beside(name: str, truth_dir: str, out_dir: str, seed: int, scale: str) -> dict:
+    """Build one part in a worker process (no progress: the main process reports its own)."""
+    from geoprep.demo.truth import Truth
+
+    part = dict(WORLD_PARTS)[name]
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    ctx = PartContext(Truth.read(Path(truth_dir)), Path(out_dir), rng, _Tally(None), scale, seed)
+    return part(ctx)
 
 
 def build_world(out: Path, seed: int = 0, scale: str = "small", progress=None) -> WorldManifest:
@@ -462,15 +479,27 @@ def build_world(out: Path, seed: int = 0, scale: str = "small", progress=None) -
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tally = _Tally(progress)
+    # spawn, not fork: GDAL and open handles do not survive a fork
+    beside = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
         truth.write(tmp / "truth")
-        parts: dict[str, dict] = {}
+        built: dict[str, dict] = {}
+        futures = {
+            name: beside.submit(_part_beside, name, str(tmp / "truth"), str(tmp), seed, scale)
+            for name in BESIDE_PARTS
+        }
         shared: dict = {}
         for name, part in WORLD_PARTS:
+            if name in futures:
+                continue
             tally.start_part()
             rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
             log.info("building demo world part %s", name)
-            parts[name] = part(PartContext(truth, tmp, rng, tally, scale, seed, shared))
+            built[name] = part(PartContext(truth, tmp, rng, tally, scale, seed, shared))
+        for name, future in futures.items():
+            log.info("waiting for demo world part %s (built beside the others)", name)
+            built[name] = future.result()
+        parts = {name: built[name] for name, _ in WORLD_PARTS}
         scenes = shared.get("scenes", [])
         manifest = WorldManifest(
             seed=seed,
@@ -486,8 +515,12 @@ def build_world(out: Path, seed: int = 0, scale: str = "small", progress=None) -
             },
         )
         manifest.write(tmp / "world.json")
+        beside.shutdown()
         _swap_into_place(tmp, out)
     except BaseException:
+        for process in list((beside._processes or {}).values()):  # no public handle
+            process.terminate()
+        beside.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest

@@ -228,6 +228,21 @@ def test_crawler_keeps_clean_items_and_drops_flawed_ones_by_reason(aporee_world)
     assert "coverage_only" in set(kept["problem"]) and "too_short" in set(kept["problem"])
 
 
+def test_plans_hold_as_many_recordings_as_asked_every_soundscape_in_turn(truth, monkeypatch):
+    from geoprep.demo import aporee_plan
+
+    # more than two rounds of the 15 soundscapes per AOI (the old plan stopped at two)
+    monkeypatch.setitem(aporee_plan.RECORDINGS_PER_AOI, "tiny", 40)
+    items = aporee_plan.plan_items(truth, np.random.default_rng(SEED))
+    clean = [i for i in items if not i.problem and not i.duplicate_of]
+    for aoi in truth.aois:
+        here = Counter(i.soundscape for i in clean if i.aoi == aoi.name)
+        assert sum(here.values()) >= 37, aoi.name  # 40 asked, a revisit, some absent classes
+        for name in aporee_plan.FIRST_SOUNDSCAPES:
+            assert here[name] >= 3, (aoi.name, name)
+    assert len({i.identifier for i in items}) == len(items)
+
+
 def test_items_have_the_archive_org_shape(aporee_world) -> None:
     manifest = read_manifest(aporee_world)
     licences = set()
@@ -373,6 +388,24 @@ def read_fmow_manifest(world: Path) -> dict[tuple[str, str], dict]:
     return {(r["split"], r["location"]): r for r in frame.to_dict("records")}
 
 
+def test_fmow_plans_many_houses_per_town_and_most_locations_have_several_images(
+    truth, monkeypatch
+) -> None:
+    from geoprep.demo import fmow_world as world
+
+    monkeypatch.setitem(world.LOCATIONS_PER_CATEGORY, "tiny", 12)
+    rng = np.random.default_rng(SEED)
+    locations = world._choose_locations(truth, rng)
+    houses = [loc for loc in locations if loc.category == "single-unit_residential"]
+    towns = truth.features[
+        (truth.features["cls"] == "built_up") & (truth.features["valid_from_year"] < CHANGE_YEAR)
+    ]
+    assert len(houses) == 12 > len(towns)  # several houses in a town, each its own location
+    assert len({loc.target.wkt for loc in houses}) == 12
+    counts = [len(world._acquisitions(loc, rng, "small")) for loc in locations for _ in range(20)]
+    assert np.mean(np.array(counts) >= 2) > 0.75  # temporal positives for most locations
+
+
 def test_changing_objects_are_seen_before_and_after_the_change(fmow_world) -> None:
     changing = [
         r for r in read_fmow_manifest(fmow_world).values() if r["category"] == CHANGED_BUILT_UP
@@ -380,3 +413,23 @@ def test_changing_objects_are_seen_before_and_after_the_change(fmow_world) -> No
     assert changing
     for row in changing:
         assert int(row["first"][:4]) < CHANGE_YEAR <= int(row["last"][:4])
+
+
+@pytest.mark.parametrize("name", ["aporee", "fmow"])
+def test_a_part_built_beside_the_others_reads_the_written_truth_to_the_same_bytes(
+    name: str, truth, tmp_path
+) -> None:
+    import zlib
+
+    from geoprep.demo import world
+
+    assert name in world.BESIDE_PARTS
+    truth.write(tmp_path / "truth")
+    beside = world._part_beside(
+        name, str(tmp_path / "truth"), str(tmp_path / "beside"), SEED, "tiny"
+    )
+    rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
+    progress = world._Tally(None)
+    ctx = world.PartContext(truth, tmp_path / "here", rng, progress, "tiny", SEED)
+    assert dict(world.WORLD_PARTS)[name](ctx) == beside
+    assert digests(tmp_path / "beside") == digests(tmp_path / "here")

@@ -226,3 +226,20 @@ def test_rasterize_paints_classes_in_order_on_any_grid(tiny):
         (int((north - south) / 1e-4), int((east - west) / 1e-4)),
     )
     assert abs(np.mean(geo == CLASS_CODES["farmland"]) - np.mean(codes == 9)) < 0.05
+
+
+def test_every_town_builds_over_its_nearest_fields(small):
+    from geoprep.demo.landscape import FIELDS_BUILT_PER_TOWN
+
+    f = small.features
+    for aoi in small.aois:
+        here = f[f["aoi"] == aoi.name].to_crs(aoi.epsg)
+        towns = here[(here["cls"] == "built_up") & (here["valid_from_year"] == ALWAYS_FROM)]
+        built = here[(here["cls"] == "built_up") & (here["valid_from_year"] == CHANGE_YEAR)]
+        fields = here[here["cls"] == "farmland"]
+        assert len(towns) >= 2, aoi.name
+        assert len(built) == FIELDS_BUILT_PER_TOWN * len(towns), aoi.name
+        for town in towns.geometry:
+            # the field nearest the town's centre is among those built over
+            nearest = fields.geometry.distance(town.centroid).idxmin()
+            assert fields.loc[nearest, "valid_to_year"] == CHANGE_YEAR - 1, aoi.name
