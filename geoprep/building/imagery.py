@@ -56,6 +56,16 @@ class SceneRead:
     kind: RejectKind | None = None
 
 
+@dataclass(frozen=True)
+class LocationPlan:
+    """A location's slots, candidate scenes per sensor, active sensors and asset grids."""
+
+    slots: list[Slot]
+    candidates: Mapping[str, list[pystac.Item]]
+    sensors: list[str]
+    grids: dict[str, AssetGrids]
+
+
 class ImageryReader:
     """Reads the images of locations for one recipe's imagery section; safe to share between I/O
     threads.
@@ -98,33 +108,85 @@ class ImageryReader:
     ) -> list[ImageRecord]:
         """The images of every slot. With `min_found` (timestamps mode) a slot that cannot be
         completed is left out and recorded in `skipped`, as long as enough slots remain."""
+        plan = self.prepare(row, slots, candidates)
+        return self.collect(plan, self.read_slots(plan), skipped)
+
+    def prepare(
+        self,
+        row: Mapping[str, Any],
+        slots: list[Slot],
+        candidates: Mapping[str, list[pystac.Item]],
+    ) -> LocationPlan:
+        """What the location's slots are read with: its sensors and its grids."""
         if not slots:  # e.g. a timestamps column without a readable date
             raise LocationFailed("no_dates", "the location has no time slot")
         sensors = self.active_sensors(candidates)
         grids = self.location_grids(row, candidates)
         if isinstance(self.imagery.time, SingleTime):
-            return self._coterminous(slots[0], candidates, grids, sensors)
+            slots = slots[:1]
+        return LocationPlan(slots, candidates, sensors, grids)
+
+    def read_slots(self, plan: LocationPlan) -> dict[str, list[ImageRecord] | Exception]:
+        """Each slot's images or why it failed, one slot after the other; without `min_found`
+        the first failure ends the location, so the slots after it are not read."""
+        outcomes: dict[str, list[ImageRecord] | Exception] = {}
+        for slot in plan.slots:
+            try:
+                outcomes[slot.name] = self.slot_images(plan, slot)
+            except LocationFailed as failure:
+                outcomes[slot.name] = failure
+                if self.min_found() is None:
+                    break
+        return outcomes
+
+    def first_scene(self, plan: LocationPlan, slot: Slot) -> str:
+        """The id of the scene a slot reads first: builds read slots in this order, so that
+        the locations and dates reading one scene read it together (its files open once)."""
+        for sensor in plan.sensors:
+            ranked = rank(slot, plan.candidates.get(sensor, []))
+            if ranked:
+                return ranked[0].id
+        return ""
+
+    def slot_images(self, plan: LocationPlan, slot: Slot) -> list[ImageRecord]:
+        """The images of one slot: every active sensor's first clear scene (or, for a single
+        time, the first clear combination of coterminous scenes)."""
+        if isinstance(self.imagery.time, SingleTime):
+            return self._coterminous(slot, plan.candidates, plan.grids, plan.sensors)
+        return [
+            image
+            for sensor in plan.sensors
+            for image in self._first_clear(
+                sensor, slot, plan.candidates.get(sensor, []), plan.grids[sensor]
+            )
+        ]
+
+    def collect(
+        self,
+        plan: LocationPlan,
+        outcomes: Mapping[str, list[ImageRecord] | Exception],
+        skipped: dict[str, LocationFailed],
+    ) -> list[ImageRecord]:
+        """The location's images from its slots' outcomes, in slot order: a failed slot fails
+        the location (with `min_found`, it is skipped while enough slots remain)."""
         min_found = self.min_found()
         images: list[ImageRecord] = []
-        for slot in slots:
-            try:
-                images += [
-                    image
-                    for sensor in sensors
-                    for image in self._first_clear(
-                        sensor, slot, candidates.get(sensor, []), grids[sensor]
-                    )
-                ]
-            except LocationFailed as failure:
-                if min_found is None:
-                    raise
-                skipped[slot.name] = failure
-        if min_found is not None and len(slots) - len(skipped) < min_found:
+        for slot in plan.slots:
+            if slot.name not in outcomes:  # not read: an earlier slot failed
+                continue
+            outcome = outcomes[slot.name]
+            if isinstance(outcome, LocationFailed) and min_found is not None:
+                skipped[slot.name] = outcome
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                images += outcome
+        if min_found is not None and len(plan.slots) - len(skipped) < min_found:
             reasons = Counter(failure.reason for failure in skipped.values())
             details = "; ".join(failure.detail for failure in skipped.values())
             raise LocationFailed(
                 reasons.most_common(1)[0][0] if reasons else "too_few_dates",
-                f"{len(slots) - len(skipped)} of {len(slots)} dates matched, "
+                f"{len(plan.slots) - len(skipped)} of {len(plan.slots)} dates matched, "
                 f"{min_found} needed ({details})",
             )
         return images
