@@ -151,15 +151,16 @@ class ImageryReader:
     def slot_images(self, plan: LocationPlan, slot: Slot) -> list[ImageRecord]:
         """The images of one slot: every active sensor's first clear scene (or, for a single
         time, the first clear combination of coterminous scenes)."""
-        if isinstance(self.imagery.time, SingleTime):
-            return self._coterminous(slot, plan.candidates, plan.grids, plan.sensors)
-        return [
-            image
-            for sensor in plan.sensors
-            for image in self._first_clear(
-                sensor, slot, plan.candidates.get(sensor, []), plan.grids[sensor]
-            )
-        ]
+        with self.cache.environment():
+            if isinstance(self.imagery.time, SingleTime):
+                return self._coterminous(slot, plan.candidates, plan.grids, plan.sensors)
+            return [
+                image
+                for sensor in plan.sensors
+                for image in self._first_clear(
+                    sensor, slot, plan.candidates.get(sensor, []), plan.grids[sensor]
+                )
+            ]
 
     def collect(
         self,
