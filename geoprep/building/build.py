@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -262,7 +263,7 @@ def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
                 for number, slot in enumerate(draft.imagery.slots):
                     scene = builder.imagery.first_scene(draft.imagery, slot)
                     reads.append(((scene, number, i), slot))
-    reads.sort(key=lambda read: read[0])
+    reads = _striped(sorted(reads, key=lambda read: read[0]), task.io_threads)
     slot_jobs = {
         key: partial(guarded, partial(builder.slot_images, drafts[key[2]], slot))
         for key, slot in reads
@@ -304,6 +305,17 @@ def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
                 writer.add(result)
         _check_interrupted()  # nothing is committed after Ctrl-C
         return writer.close(time.perf_counter() - started)
+
+
+def _striped(ordered: list, threads: int) -> list:
+    """`ordered` cut into `threads` runs, dealt out in turn: each I/O thread works through its
+    own run of scenes (their files open once, one thread at a time), instead of all threads
+    queueing for the same file while its requests are under way (which over a slow network
+    left most of them waiting)."""
+    runs = max(1, min(threads, len(ordered)))
+    size = -(-len(ordered) // runs) if ordered else 0
+    chunks = [ordered[start : start + size] for start in range(0, len(ordered), size or 1)]
+    return [item for turn in itertools.zip_longest(*chunks) for item in turn if item is not None]
 
 
 def _run_on(pool: ThreadPoolExecutor, jobs: dict[Any, Callable[[], Any]], breaker) -> dict:

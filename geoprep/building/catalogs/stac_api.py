@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import geopandas as gpd
@@ -54,8 +55,8 @@ class StacApiCatalog(Catalog):
     """A STAC API searched with pystac-client, one search per tile of nearby locations.
 
     Locations are grouped on a `tile_degrees` grid; each group is searched once per merged time
-    window over the bounding box of its points (paging with `limit` = page_size), and the items
-    are assigned to points by footprint. The eo:cloud_cover limit is sent as a CQL2-JSON filter
+    window over the bounding box of its points (paging with `limit` = page_size; up to
+    `concurrency` searches at once), and the items are assigned to points by footprint. The eo:cloud_cover limit is sent as a CQL2-JSON filter
     only where the collection's items carry it (`KNOWN_CLOUD_COVER`, else the collection's
     queryables); otherwise it is applied to the returned items. Requests answered 429 or 5xx
     are retried `retries` times with exponential backoff (`backoff_factor` seconds, doubling).
@@ -71,6 +72,7 @@ class StacApiCatalog(Catalog):
         backoff_factor: float = 1.0,
         timeout: float = 120.0,
         pages: RetryPolicy = DEFAULT_RETRY,
+        concurrency: int = 8,
     ) -> None:
         super().__init__(spec)
         if tile_degrees <= 0:
@@ -83,6 +85,7 @@ class StacApiCatalog(Catalog):
         self._has_cloud: dict[str, bool] = {}
         self._collections: dict[str, pystac.Collection] = {}
         self.pages = pages
+        self.concurrency = concurrency  # searches under way at once
 
     @property
     def client(self) -> Client:
@@ -175,15 +178,29 @@ class StacApiCatalog(Catalog):
             tile_y=np.floor(points.geometry.y / self.tile_degrees),
             tile_x=np.floor(points.geometry.x / self.tile_degrees),
         )
-        found: dict[str, list[pystac.Item]] = {}
+        groups = []
         for _, tile in tiles.groupby(["tile_y", "tile_x"], sort=True):
             tile_windows = {loc: windows[loc] for loc in tile["id"].tolist()}
             pad = 1e-5  # a point's box has no area; some servers reject or miss those
             west, south, east, north = tile.total_bounds
             bbox = [west - pad, south - pad, east + pad, north + pad]
+            spans = merge_windows(w for spans in tile_windows.values() for w in spans)
+            groups.append((tile, tile_windows, [(bbox, start, end) for start, end in spans]))
+        # The searches go out together (each waits on the network); results merge in order.
+        searches = [search for _, _, group in groups for search in group]
+        with ThreadPoolExecutor(max(1, min(self.concurrency, len(searches)))) as pool:
+            pages = iter(
+                list(
+                    pool.map(
+                        lambda search: self._search(collection, *search, server_filter), searches
+                    )
+                )
+            )
+        found: dict[str, list[pystac.Item]] = {}
+        for tile, tile_windows, group in groups:
             items: dict[str, pystac.Item] = {}
-            for start, end in merge_windows(w for spans in tile_windows.values() for w in spans):
-                for item in self._search(collection, bbox, start, end, server_filter):
+            for _ in group:
+                for item in next(pages):
                     items.setdefault(item.id, item)
             if not items:
                 continue
