@@ -699,6 +699,24 @@ def test_a_multi_date_build_opens_each_file_once(native_build, tmp_path, monkeyp
     assert len(opened) == len(set(opened))
 
 
+@pytest.mark.parametrize(("reads", "threads"), [(10, 3), (7, 1), (2, 8), (0, 4), (33, 8)])
+def test_reads_are_dealt_to_threads_in_runs_of_scenes(reads, threads):
+    """Every read once; taken `threads` at a time, each thread's turn comes from its own run of
+    the scene-sorted reads (neighbours in the sorted order stay with one thread)."""
+    from geoprep.building.build import _striped
+
+    dealt = _striped(list(range(reads)), threads)
+    assert sorted(dealt) == list(range(reads))
+    if not reads:
+        return
+    size = -(-reads // min(threads, reads))  # reads per run
+    starts = list(range(0, reads, size))
+    assert dealt[: len(starts)] == starts  # the first turn: the start of every run
+    for start in starts:  # each run in its own order
+        run = [value for value in dealt if start <= value < start + size]
+        assert run == list(range(start, min(start + size, reads)))
+
+
 # ---------------------------------------------------------------------------------- workers
 def test_two_worker_processes_write_the_same_shards(native_build, tmp_path):
     recipe, reference = native_build
