@@ -130,6 +130,8 @@ def _worker_builder(recipe: Recipe) -> SampleBuilder:
     if _WORKER_STATE.get("key") != key:
         if _WORKER_STATE.get("audio") is not None:
             _WORKER_STATE["audio"].close()
+        if (previous := _WORKER_STATE.get("builder")) is not None and previous.imagery:
+            previous.imagery.close()
         imagery = recipe.imagery
         catalogs = {n: open_catalog(s) for n, s in imagery.catalogs.items()} if imagery else {}
         audio = AudioMaker(recipe.audio, recipe.seed) if recipe.audio is not None else None
@@ -147,6 +149,8 @@ def forget_open_files() -> None:
     builder = _WORKER_STATE.get("builder")
     if builder is not None and builder.imagery is not None:
         builder.imagery.cache.close()
+        for catalog in builder.catalogs.values():
+            catalog.forget()
     forget_all_in_gdal()
 
 
@@ -223,9 +227,13 @@ def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
     _check_interrupted()
     recipe = Recipe.model_validate(task.recipe)
     builder = _worker_builder(recipe)
+    if _WORKER_STATE.get("build_id") != task.build_id:  # a new build asks the catalogs again
+        for catalog in builder.catalogs.values():
+            catalog.forget()
     breaker = _worker_breaker(task.build_id)
     if builder.imagery is not None:
         builder.imagery.breaker = breaker
+        builder.imagery.asset_threads = task.io_threads
     rows = task.rows
     slots: dict[str, list] = {row["id"]: [] for row in rows}
     candidates: dict[str, dict[str, list]] = {}

@@ -193,6 +193,12 @@ class DatasetCache:
                 entry.lock.release()
             self._shrink()
 
+    def enter_for_thread(self) -> None:
+        """Enter the cache's GDAL options on this thread for good: for threads that only ever
+        read through this cache (a pool's initializer)."""
+        rasterio.Env(**self.env).__enter__()
+        _ACTIVE.cache = self
+
     @contextmanager
     def environment(self) -> Iterator[None]:
         """The cache's GDAL options on this thread. Reads inside skip setting them again: a

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -88,6 +90,10 @@ class ImageryReader:
         self.catalogs, self.cache = catalogs, cache
         self.breaker = breaker or CircuitBreaker()
         self.retry = retry
+        #: threads reading the assets of one scene at once (1: one after the other)
+        self.asset_threads = 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def _retried(self, attempt: Callable[[bool], T], href: str | None) -> T:
         """`attempt(resign)` with retries; `href`'s cached state is dropped before each retry
@@ -293,14 +299,11 @@ class ImageryReader:
         # The mask first: a cloudy patch is rejected before any band of the scene is read.
         wanted = list(dict.fromkeys([*([mask_asset] if mask_asset else []), *spec.assets]))
 
-        arrays: dict[str, np.ndarray] = {}
-        nodatas: dict[str, float | None] = {}
-        clouds, chosen = 0.0, False
-        for asset in wanted:
+        def read(asset: str) -> Patch:
             categorical = asset in spec.categorical or asset == mask_asset
             resampling = "nearest" if categorical else spec.resampling
 
-            def attempt(resign: bool, asset: str = asset, resampling: str = resampling) -> Patch:
+            def attempt(resign: bool) -> Patch:
                 nonlocal signed
                 if resign:
                     signed = self.catalogs[spec.catalog].sign(item, fresh=True)
@@ -308,15 +311,28 @@ class ImageryReader:
                     signed.assets[asset].href, grids[asset][0], resampling, cache=self.cache
                 )
 
-            patch = self._retried(attempt, item.assets[asset].href)
-            arrays[asset], nodatas[asset] = patch.array, patch.nodata
-            chosen |= patch.nodata_chosen and asset in spec.assets
-            if asset == mask_asset and (kind := mask_kind(mask_asset)) is not None:
+            return self._retried(attempt, item.assets[asset].href)
+
+        arrays: dict[str, np.ndarray] = {}
+        nodatas: dict[str, float | None] = {}
+        clouds, chosen = 0.0, False
+        rest = wanted
+        if mask_asset is not None:
+            patch = read(mask_asset)
+            arrays[mask_asset], nodatas[mask_asset] = patch.array, patch.nodata
+            chosen |= patch.nodata_chosen and mask_asset in spec.assets
+            rest = wanted[1:]
+            if (kind := mask_kind(mask_asset)) is not None:
                 if not mask_has_data(arrays[mask_asset], kind):  # e.g. SCL 0 everywhere
                     return SceneRead([], f"{item.id} nodata (100%)", "nodata")
                 clouds = cloud_fraction(arrays[mask_asset], kind)
                 if clouds > spec.max_patch_cloud:
                     return SceneRead([], f"{item.id} cloudy ({clouds:.0%})", "cloudy")
+        # The scene's other assets at once: each is a file of its own, and over a slow network
+        # reading them one after the other would make a location wait for every request in turn.
+        for asset, patch in zip(rest, self._map(read, rest), strict=True):
+            arrays[asset], nodatas[asset] = patch.array, patch.nodata
+            chosen |= patch.nodata_chosen and asset in spec.assets
 
         missing_share = nodata_fraction(
             [arrays[a] for a in spec.assets], [nodatas[a] for a in spec.assets]
@@ -354,6 +370,25 @@ class ImageryReader:
         return SceneRead(
             self._records(sensor, slot, spec, grids, arrays, nodatas, scales, provenance)
         )
+
+    def _map(self, read: Callable[[str], Patch], assets: list[str]) -> list[Patch]:
+        """`read` of every asset, on the asset threads if there are any (in order; the first
+        failure in that order is raised, as a loop would)."""
+        if self.asset_threads <= 1 or len(assets) <= 1:
+            return [read(asset) for asset in assets]
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self.asset_threads, initializer=self.cache.enter_for_thread
+                    )
+        return list(self._pool.map(read, assets))
+
+    def close(self) -> None:
+        """Stop the asset threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def mask_asset(self, spec: SensorSpec) -> str | None:
         return spec.mask_asset or DEFAULT_MASK_ASSETS.get(spec.collection)

@@ -251,6 +251,11 @@ class Catalog(ABC):
         """The asset keys of the collection's items (None: this catalog cannot tell cheaply)."""
         return None
 
+    def forget(self) -> None:
+        """Drop what the catalog kept from earlier calls (signed items; a STAC API's answers):
+        a new build asks the sources again, as a new process would."""
+        self._signed.clear()
+
 
 BLOB_HOST = ".blob.core.windows.net"
 #: Signed copies of items a catalog keeps (per process; a few MB).

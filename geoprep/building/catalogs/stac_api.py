@@ -143,6 +143,11 @@ class StacApiCatalog(Catalog):
             self._collections[collection] = found
         return self._collections[collection]
 
+    def forget(self) -> None:
+        super().forget()
+        with self._kept_lock:
+            self._kept.clear()
+
     def asset_names(self, collection: str) -> set[str] | None:
         found = self._collection(collection)
         declared = getattr(found, "item_assets", None) or found.extra_fields.get("item_assets")
