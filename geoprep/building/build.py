@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -193,9 +194,14 @@ def _worker_context() -> Any:
     return context
 
 
-def _start_worker(recipe: dict[str, Any]) -> None:
-    """Each worker process, once: Ctrl-C handling, and its catalogs, readers and dataset cache
-    set up before the first shard arrives."""
+def _start_worker(recipe: dict[str, Any], environ: dict[str, str], cwd: str) -> None:
+    """Each worker process, once: this build's environment and working directory (the fork
+    server has those of the moment it started; a token service or proxy set since then must
+    reach the workers), Ctrl-C handling, and its catalogs, readers and dataset cache set up
+    before the first shard arrives."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
     _stop_on_sigint()
     _worker_builder(Recipe.model_validate(recipe))
 
@@ -571,7 +577,7 @@ def _run(
             min(workers, len(tasks)),
             mp_context=_worker_context(),
             initializer=_start_worker,
-            initargs=(tasks[0].recipe,),
+            initargs=(tasks[0].recipe, dict(os.environ), os.getcwd()),
         )
         futures = [pool.submit(build_shard, task) for task in tasks]
         try:
