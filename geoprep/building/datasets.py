@@ -1,8 +1,9 @@
-"""Open rasterio datasets: an LRU bounded by count and memory; each dataset's facts read once."""
+"""Open rasterio datasets: GDAL settings, an LRU bounded by count and memory, facts read once."""
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -39,6 +40,36 @@ BLOCKS_KEPT_PER_DATASET = 2
 #: Sentinel-2 bands).
 MAX_OPEN = 1024
 MAX_BYTES = 192 * 1024 * 1024
+
+
+def gdal_env(**overrides: Any) -> dict[str, Any]:
+    """GDAL options for reading COGs over HTTP, for `rasterio.Env(**gdal_env())`.
+
+    Overrides win, e.g. `gdal_env(GDAL_HTTP_MAX_RETRY="0", GDAL_HTTP_PROXY=url)`.
+    """
+    options: dict[str, Any] = {
+        # Opening a COG must not list directories or probe for sidecar files: each is a request.
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+        # COG headers usually fit in the first 32 kB; one request instead of several at open.
+        "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+        "GDAL_HTTP_MULTIRANGE": "YES",
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        # GDAL's own retries are kept short: geoprep retries failed reads itself, reopening the
+        # file, and a dead server must reach the circuit breaker in seconds, not minutes.
+        "GDAL_HTTP_MAX_RETRY": "2",
+        "GDAL_HTTP_RETRY_DELAY": "0.5",
+        # a time-out the user set wins (a read that stalls is then retried sooner)
+        "GDAL_HTTP_TIMEOUT": os.environ.get("GDAL_HTTP_TIMEOUT", "60"),
+        # Raw bytes kept per open file (headers, neighbouring ranges); per file, so kept small.
+        "VSI_CACHE": "TRUE",
+        "VSI_CACHE_SIZE": str(8 * 1024 * 1024),
+        # Bytes of decoded blocks (rasterio passes it to GDALSetCacheMax64 as is); neighbouring
+        # patches of one scene share tiles.
+        "GDAL_CACHEMAX": 512 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return options
 
 
 #: The cache whose `environment` this thread is in.
@@ -145,8 +176,6 @@ class DatasetCache:
             raise UserError(f"DatasetCache max_open must be at least 1, got {max_open}")
         if max_bytes < 0:
             raise UserError(f"DatasetCache max_bytes must not be negative, got {max_bytes}")
-        from geoprep.building.raster import gdal_env  # the reader's settings module
-
         self.max_open, self.max_bytes = max_open, max_bytes
         self.env = dict(gdal_env() if env is None else env)
         cache_max = self.env.pop("GDAL_CACHEMAX", None)

@@ -1,10 +1,9 @@
-"""Reading COG assets onto target grids: GDAL settings, open datasets, windowed reads and warps."""
+"""Reading COG assets onto target grids: windowed reads and warps, signed hrefs kept out of logs."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,13 @@ from rasterio.enums import Resampling as RasterioResampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geoprep.building.datasets import DatasetCache, OpenDataset, crs_of, read_into
+from geoprep.building.datasets import (  # noqa: F401 - gdal_env is imported from here too
+    DatasetCache,
+    OpenDataset,
+    crs_of,
+    gdal_env,
+    read_into,
+)
 from geoprep.building.faults import gdal_failure
 from geoprep.building.grid import TargetGrid
 from geoprep.core.errors import UserError
@@ -34,37 +39,7 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# GDAL settings and signed hrefs
-
-
-def gdal_env(**overrides: Any) -> dict[str, Any]:
-    """GDAL options for reading COGs over HTTP, for `rasterio.Env(**gdal_env())`.
-
-    Overrides win, e.g. `gdal_env(GDAL_HTTP_MAX_RETRY="0", GDAL_HTTP_PROXY=url)`.
-    """
-    options: dict[str, Any] = {
-        # Opening a COG must not list directories or probe for sidecar files: each is a request.
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-        # COG headers usually fit in the first 32 kB; one request instead of several at open.
-        "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
-        "GDAL_HTTP_MULTIRANGE": "YES",
-        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-        # GDAL's own retries are kept short: geoprep retries failed reads itself, reopening the
-        # file, and a dead server must reach the circuit breaker in seconds, not minutes.
-        "GDAL_HTTP_MAX_RETRY": "2",
-        "GDAL_HTTP_RETRY_DELAY": "0.5",
-        # a time-out the user set wins (a read that stalls is then retried sooner)
-        "GDAL_HTTP_TIMEOUT": os.environ.get("GDAL_HTTP_TIMEOUT", "60"),
-        # Raw bytes kept per open file (headers, neighbouring ranges); per file, so kept small.
-        "VSI_CACHE": "TRUE",
-        "VSI_CACHE_SIZE": str(8 * 1024 * 1024),
-        # Bytes of decoded blocks (rasterio passes it to GDALSetCacheMax64 as is); neighbouring
-        # patches of one scene share tiles.
-        "GDAL_CACHEMAX": 512 * 1024 * 1024,
-    }
-    options.update(overrides)
-    return options
+# Signed hrefs in logs
 
 
 class _RedactSignedUrls(logging.Filter):
