@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -15,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,7 @@ from geoprep.building.faults import (
 from geoprep.building.fmow import FmowImageReader, category_table
 from geoprep.building.location import LocationFailed, location_slots
 from geoprep.building.raster import DatasetCache
-from geoprep.building.samples import SampleBuilder
+from geoprep.building.samples import Draft, SampleBuilder
 from geoprep.core.errors import UserError
 from geoprep.core.signing import redact
 from geoprep.core.storage import join, makedirs, read_bytes, write_bytes_atomic
@@ -128,6 +131,8 @@ def _worker_builder(recipe: Recipe) -> SampleBuilder:
     if _WORKER_STATE.get("key") != key:
         if _WORKER_STATE.get("audio") is not None:
             _WORKER_STATE["audio"].close()
+        if (previous := _WORKER_STATE.get("builder")) is not None and previous.imagery:
+            previous.imagery.close()
         imagery = recipe.imagery
         catalogs = {n: open_catalog(s) for n, s in imagery.catalogs.items()} if imagery else {}
         audio = AudioMaker(recipe.audio, recipe.seed) if recipe.audio is not None else None
@@ -145,6 +150,8 @@ def forget_open_files() -> None:
     builder = _WORKER_STATE.get("builder")
     if builder is not None and builder.imagery is not None:
         builder.imagery.cache.close()
+        for catalog in builder.catalogs.values():
+            catalog.forget()
     forget_all_in_gdal()
 
 
@@ -167,6 +174,36 @@ def _stop_on_sigint() -> None:
             breaker.interrupt()
 
     signal.signal(signal.SIGINT, stop)
+
+
+#: What a worker imports before it forks: the build and everything it reads with.
+WORKER_PRELOAD = ["geoprep.building.build"]
+
+
+def _worker_context() -> Any:
+    """Worker processes start warm and clean: forked from a fork server that imported the build
+    once (about 1.2 CPU-s a worker would spend on imports), not from this process, whose GDAL
+    state, threads and HTTP sessions would not survive a fork. Where there is no fork server
+    (Windows, macOS' default), spawn."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
+
+
+def _start_worker(recipe: dict[str, Any], environ: dict[str, str], cwd: str) -> None:
+    """Each worker process, once: this build's environment and working directory (the fork
+    server has those of the moment it started; a token service or proxy set since then must
+    reach the workers), Ctrl-C handling, and its catalogs, readers and dataset cache set up
+    before the first shard arrives."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    _stop_on_sigint()
+    _worker_builder(Recipe.model_validate(recipe))
 
 
 def _io_pool(threads: int) -> ThreadPoolExecutor:
@@ -196,9 +233,13 @@ def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
     _check_interrupted()
     recipe = Recipe.model_validate(task.recipe)
     builder = _worker_builder(recipe)
+    if _WORKER_STATE.get("build_id") != task.build_id:  # a new build asks the catalogs again
+        for catalog in builder.catalogs.values():
+            catalog.forget()
     breaker = _worker_breaker(task.build_id)
     if builder.imagery is not None:
         builder.imagery.breaker = breaker
+        builder.imagery.asset_threads = task.io_threads
     rows = task.rows
     slots: dict[str, list] = {row["id"]: [] for row in rows}
     candidates: dict[str, dict[str, list]] = {}
@@ -206,45 +247,59 @@ def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
         slots = {row["id"]: location_slots(recipe, row) for row in rows}
         candidates = _find_candidates(recipe, builder.catalogs, rows, slots)
 
-    # Work in order of the first candidate scene so neighbouring locations share open datasets
-    # and cached blocks; the shard is still written in plan order.
-    def first_item(row: dict[str, Any]) -> str:
-        for per_sensor in candidates.values():
-            if per_sensor.get(row["id"]):
-                return per_sensor[row["id"]][0].id
-        return ""
+    # Three steps over the I/O pool: start each location (its recording, its grids), read the
+    # slots of all locations in the order of the scene each reads first (the locations and
+    # dates of one scene then read it together: its files open once, its blocks decode once),
+    # finish each location. The shard is still written in plan order, the same whatever the
+    # order of the reads.
+    pool = _io_pool(task.io_threads)
 
-    order = sorted(range(len(rows)), key=lambda i: (first_item(rows[i]), i))
-    results: dict[int, Any] = {}
-
-    def run(i: int):
-        row = rows[i]
-        per_location = {sensor: found.get(row["id"], []) for sensor, found in candidates.items()}
+    def guarded(step: Callable[[], Any]) -> Any:
         try:
-            return builder.build(row, slots[row["id"]], per_location)
-        except LocationFailed as failure:
-            return failure
-        except ReadFailure as failure:  # retries spent: the shard waits for a rerun
+            return step()
+        except (LocationFailed, ReadFailure) as failure:  # the last: the shard waits for a rerun
             return failure
         except SystemicFailure:
             raise
         except Exception as error:  # one broken location must not stop the shard
-            # redacted: messages of lower layers may quote signed URLs
-            log.debug("location %s failed:\n%s", row["id"], redact(traceback.format_exc()))
-            return LocationFailed("error", f"{type(error).__name__}: {error}")
+            return error
 
-    pool = _io_pool(task.io_threads)
-    futures = {pool.submit(run, i): i for i in order}
-    try:
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-    except BaseException as error:
-        # stop now: queued locations are dropped, running ones see the breaker open
-        for future in futures:
-            future.cancel()
-        if isinstance(error, KeyboardInterrupt):
-            breaker.interrupt()
-        raise
+    def start(i: int) -> Any:
+        row = rows[i]
+        per_location = {sensor: found.get(row["id"], []) for sensor, found in candidates.items()}
+        return guarded(lambda: builder.start(row, slots[row["id"]], per_location))
+
+    drafts = _run_on(pool, {i: partial(start, i) for i in range(len(rows))}, breaker)
+    reads = []
+    if builder.imagery is not None:
+        for i, draft in drafts.items():
+            if isinstance(draft, Draft):
+                for number, slot in enumerate(draft.imagery.slots):
+                    scene = builder.imagery.first_scene(draft.imagery, slot)
+                    reads.append(((scene, number, i), slot))
+    reads = _striped(sorted(reads, key=lambda read: read[0]), task.io_threads)
+    slot_jobs = {
+        key: partial(guarded, partial(builder.slot_images, drafts[key[2]], slot))
+        for key, slot in reads
+    }
+    slot_of = dict(reads)
+    outcomes: dict[int, dict[str, Any]] = {i: {} for i in drafts}
+    for key, outcome in _run_on(pool, slot_jobs, breaker).items():
+        outcomes[key[2]][slot_of[key].name] = outcome
+
+    def finish(i: int) -> Any:
+        draft = drafts[i]
+        if not isinstance(draft, Draft):
+            return draft
+        return guarded(lambda: builder.finish(draft, outcomes[i]))
+
+    results = _run_on(pool, {i: partial(finish, i) for i in range(len(rows))}, breaker)
+    for i, result in results.items():
+        if isinstance(result, Exception) and not isinstance(result, LocationFailed | ReadFailure):
+            # redacted: messages of lower layers may quote signed URLs
+            trace = "".join(traceback.format_exception(result))
+            log.debug("location %s failed:\n%s", rows[i]["id"], redact(trace))
+            results[i] = LocationFailed("error", f"{type(result).__name__}: {result}")
 
     for i, result in results.items():
         # A file the archive lacks is the location's own failure, if the blob store serves
@@ -264,6 +319,34 @@ def build_shard(task: ShardTask) -> ShardStats | IncompleteShard:
                 writer.add(result)
         _check_interrupted()  # nothing is committed after Ctrl-C
         return writer.close(time.perf_counter() - started)
+
+
+def _striped(ordered: list, threads: int) -> list:
+    """`ordered` cut into `threads` runs, dealt out in turn: each I/O thread works through its
+    own run of scenes (their files open once, one thread at a time), instead of all threads
+    queueing for the same file while its requests are under way (which over a slow network
+    left most of them waiting)."""
+    runs = max(1, min(threads, len(ordered)))
+    size = -(-len(ordered) // runs) if ordered else 0
+    chunks = [ordered[start : start + size] for start in range(0, len(ordered), size or 1)]
+    return [item for turn in itertools.zip_longest(*chunks) for item in turn if item is not None]
+
+
+def _run_on(pool: ThreadPoolExecutor, jobs: dict[Any, Callable[[], Any]], breaker) -> dict:
+    """Run `jobs` on the pool in their order; their results by key. On a failure (a systemic
+    one, or Ctrl-C) the queued jobs are dropped and the running ones see the breaker open."""
+    futures = {pool.submit(job): key for key, job in jobs.items()}
+    results = {}
+    try:
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+    except BaseException as error:
+        for future in futures:
+            future.cancel()
+        if isinstance(error, KeyboardInterrupt):
+            breaker.interrupt()
+        raise
+    return results
 
 
 def _check_interrupted() -> None:
@@ -490,12 +573,11 @@ def _run(
         for task in tasks:
             yield build_shard(task)
     else:
-        import multiprocessing
-
-        # spawn, not fork: GDAL, threads and open HTTP sessions do not survive a fork
-        context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(
-            min(workers, len(tasks)), mp_context=context, initializer=_stop_on_sigint
+            min(workers, len(tasks)),
+            mp_context=_worker_context(),
+            initializer=_start_worker,
+            initargs=(tasks[0].recipe, dict(os.environ), os.getcwd()),
         )
         futures = [pool.submit(build_shard, task) for task in tasks]
         try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -56,6 +58,16 @@ class SceneRead:
     kind: RejectKind | None = None
 
 
+@dataclass(frozen=True)
+class LocationPlan:
+    """A location's slots, candidate scenes per sensor, active sensors and asset grids."""
+
+    slots: list[Slot]
+    candidates: Mapping[str, list[pystac.Item]]
+    sensors: list[str]
+    grids: dict[str, AssetGrids]
+
+
 class ImageryReader:
     """Reads the images of locations for one recipe's imagery section; safe to share between I/O
     threads.
@@ -78,6 +90,10 @@ class ImageryReader:
         self.catalogs, self.cache = catalogs, cache
         self.breaker = breaker or CircuitBreaker()
         self.retry = retry
+        #: threads reading the assets of one scene at once (1: one after the other)
+        self.asset_threads = 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def _retried(self, attempt: Callable[[bool], T], href: str | None) -> T:
         """`attempt(resign)` with retries; `href`'s cached state is dropped before each retry
@@ -98,33 +114,86 @@ class ImageryReader:
     ) -> list[ImageRecord]:
         """The images of every slot. With `min_found` (timestamps mode) a slot that cannot be
         completed is left out and recorded in `skipped`, as long as enough slots remain."""
+        plan = self.prepare(row, slots, candidates)
+        return self.collect(plan, self.read_slots(plan), skipped)
+
+    def prepare(
+        self,
+        row: Mapping[str, Any],
+        slots: list[Slot],
+        candidates: Mapping[str, list[pystac.Item]],
+    ) -> LocationPlan:
+        """What the location's slots are read with: its sensors and its grids."""
         if not slots:  # e.g. a timestamps column without a readable date
             raise LocationFailed("no_dates", "the location has no time slot")
         sensors = self.active_sensors(candidates)
         grids = self.location_grids(row, candidates)
         if isinstance(self.imagery.time, SingleTime):
-            return self._coterminous(slots[0], candidates, grids, sensors)
+            slots = slots[:1]
+        return LocationPlan(slots, candidates, sensors, grids)
+
+    def read_slots(self, plan: LocationPlan) -> dict[str, list[ImageRecord] | Exception]:
+        """Each slot's images or why it failed, one slot after the other; without `min_found`
+        the first failure ends the location, so the slots after it are not read."""
+        outcomes: dict[str, list[ImageRecord] | Exception] = {}
+        for slot in plan.slots:
+            try:
+                outcomes[slot.name] = self.slot_images(plan, slot)
+            except LocationFailed as failure:
+                outcomes[slot.name] = failure
+                if self.min_found() is None:
+                    break
+        return outcomes
+
+    def first_scene(self, plan: LocationPlan, slot: Slot) -> str:
+        """The id of the scene a slot reads first: builds read slots in this order, so that
+        the locations and dates reading one scene read it together (its files open once)."""
+        for sensor in plan.sensors:
+            ranked = rank(slot, plan.candidates.get(sensor, []))
+            if ranked:
+                return ranked[0].id
+        return ""
+
+    def slot_images(self, plan: LocationPlan, slot: Slot) -> list[ImageRecord]:
+        """The images of one slot: every active sensor's first clear scene (or, for a single
+        time, the first clear combination of coterminous scenes)."""
+        with self.cache.environment():
+            if isinstance(self.imagery.time, SingleTime):
+                return self._coterminous(slot, plan.candidates, plan.grids, plan.sensors)
+            return [
+                image
+                for sensor in plan.sensors
+                for image in self._first_clear(
+                    sensor, slot, plan.candidates.get(sensor, []), plan.grids[sensor]
+                )
+            ]
+
+    def collect(
+        self,
+        plan: LocationPlan,
+        outcomes: Mapping[str, list[ImageRecord] | Exception],
+        skipped: dict[str, LocationFailed],
+    ) -> list[ImageRecord]:
+        """The location's images from its slots' outcomes, in slot order: a failed slot fails
+        the location (with `min_found`, it is skipped while enough slots remain)."""
         min_found = self.min_found()
         images: list[ImageRecord] = []
-        for slot in slots:
-            try:
-                images += [
-                    image
-                    for sensor in sensors
-                    for image in self._first_clear(
-                        sensor, slot, candidates.get(sensor, []), grids[sensor]
-                    )
-                ]
-            except LocationFailed as failure:
-                if min_found is None:
-                    raise
-                skipped[slot.name] = failure
-        if min_found is not None and len(slots) - len(skipped) < min_found:
+        for slot in plan.slots:
+            if slot.name not in outcomes:  # not read: an earlier slot failed
+                continue
+            outcome = outcomes[slot.name]
+            if isinstance(outcome, LocationFailed) and min_found is not None:
+                skipped[slot.name] = outcome
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                images += outcome
+        if min_found is not None and len(plan.slots) - len(skipped) < min_found:
             reasons = Counter(failure.reason for failure in skipped.values())
             details = "; ".join(failure.detail for failure in skipped.values())
             raise LocationFailed(
                 reasons.most_common(1)[0][0] if reasons else "too_few_dates",
-                f"{len(slots) - len(skipped)} of {len(slots)} dates matched, "
+                f"{len(plan.slots) - len(skipped)} of {len(plan.slots)} dates matched, "
                 f"{min_found} needed ({details})",
             )
         return images
@@ -230,14 +299,11 @@ class ImageryReader:
         # The mask first: a cloudy patch is rejected before any band of the scene is read.
         wanted = list(dict.fromkeys([*([mask_asset] if mask_asset else []), *spec.assets]))
 
-        arrays: dict[str, np.ndarray] = {}
-        nodatas: dict[str, float | None] = {}
-        clouds, chosen = 0.0, False
-        for asset in wanted:
+        def read(asset: str) -> Patch:
             categorical = asset in spec.categorical or asset == mask_asset
             resampling = "nearest" if categorical else spec.resampling
 
-            def attempt(resign: bool, asset: str = asset, resampling: str = resampling) -> Patch:
+            def attempt(resign: bool) -> Patch:
                 nonlocal signed
                 if resign:
                     signed = self.catalogs[spec.catalog].sign(item, fresh=True)
@@ -245,15 +311,28 @@ class ImageryReader:
                     signed.assets[asset].href, grids[asset][0], resampling, cache=self.cache
                 )
 
-            patch = self._retried(attempt, item.assets[asset].href)
-            arrays[asset], nodatas[asset] = patch.array, patch.nodata
-            chosen |= patch.nodata_chosen and asset in spec.assets
-            if asset == mask_asset and (kind := mask_kind(mask_asset)) is not None:
+            return self._retried(attempt, item.assets[asset].href)
+
+        arrays: dict[str, np.ndarray] = {}
+        nodatas: dict[str, float | None] = {}
+        clouds, chosen = 0.0, False
+        rest = wanted
+        if mask_asset is not None:
+            patch = read(mask_asset)
+            arrays[mask_asset], nodatas[mask_asset] = patch.array, patch.nodata
+            chosen |= patch.nodata_chosen and mask_asset in spec.assets
+            rest = wanted[1:]
+            if (kind := mask_kind(mask_asset)) is not None:
                 if not mask_has_data(arrays[mask_asset], kind):  # e.g. SCL 0 everywhere
                     return SceneRead([], f"{item.id} nodata (100%)", "nodata")
                 clouds = cloud_fraction(arrays[mask_asset], kind)
                 if clouds > spec.max_patch_cloud:
                     return SceneRead([], f"{item.id} cloudy ({clouds:.0%})", "cloudy")
+        # The scene's other assets at once: each is a file of its own, and over a slow network
+        # reading them one after the other would make a location wait for every request in turn.
+        for asset, patch in zip(rest, self._map(read, rest), strict=True):
+            arrays[asset], nodatas[asset] = patch.array, patch.nodata
+            chosen |= patch.nodata_chosen and asset in spec.assets
 
         missing_share = nodata_fraction(
             [arrays[a] for a in spec.assets], [nodatas[a] for a in spec.assets]
@@ -291,6 +370,25 @@ class ImageryReader:
         return SceneRead(
             self._records(sensor, slot, spec, grids, arrays, nodatas, scales, provenance)
         )
+
+    def _map(self, read: Callable[[str], Patch], assets: list[str]) -> list[Patch]:
+        """`read` of every asset, on the asset threads if there are any (in order; the first
+        failure in that order is raised, as a loop would)."""
+        if self.asset_threads <= 1 or len(assets) <= 1:
+            return [read(asset) for asset in assets]
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self.asset_threads, initializer=self.cache.enter_for_thread
+                    )
+        return list(self._pool.map(read, assets))
+
+    def close(self) -> None:
+        """Stop the asset threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def mask_asset(self, spec: SensorSpec) -> str | None:
         return spec.mask_asset or DEFAULT_MASK_ASSETS.get(spec.collection)

@@ -1,34 +1,34 @@
-"""Reading COG assets onto target grids: GDAL settings, open datasets, windowed reads and warps."""
+"""Reading COG assets onto target grids: windowed reads and warps, signed hrefs kept out of logs."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
 import warnings
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import rasterio
 import rasterio.env
 import rasterio.warp
-from rasterio.crs import CRS
 from rasterio.enums import Resampling as RasterioResampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from geoprep.building.faults import forget_in_gdal, gdal_failure
+from geoprep.building.datasets import (  # noqa: F401 - gdal_env is imported from here too
+    DatasetCache,
+    OpenDataset,
+    crs_of,
+    gdal_env,
+    read_into,
+)
+from geoprep.building.faults import gdal_failure
 from geoprep.building.grid import TargetGrid
 from geoprep.core.errors import UserError
 from geoprep.core.gdal_messages import route_gdal_messages
-from geoprep.core.signing import redact, unsigned_href
+from geoprep.core.signing import redact, unsigned_href  # noqa: F401 - re-exported
 from geoprep.recipe.sections import Resampling
 
 # rasterio.warp.reproject hides this warning for georeferenced arrays with catch_warnings(),
@@ -39,37 +39,7 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# GDAL settings and signed hrefs
-
-
-def gdal_env(**overrides: Any) -> dict[str, Any]:
-    """GDAL options for reading COGs over HTTP, for `rasterio.Env(**gdal_env())`.
-
-    Overrides win, e.g. `gdal_env(GDAL_HTTP_MAX_RETRY="0", GDAL_HTTP_PROXY=url)`.
-    """
-    options: dict[str, Any] = {
-        # Opening a COG must not list directories or probe for sidecar files: each is a request.
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-        # COG headers usually fit in the first 32 kB; one request instead of several at open.
-        "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
-        "GDAL_HTTP_MULTIRANGE": "YES",
-        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-        # GDAL's own retries are kept short: geoprep retries failed reads itself, reopening the
-        # file, and a dead server must reach the circuit breaker in seconds, not minutes.
-        "GDAL_HTTP_MAX_RETRY": "2",
-        "GDAL_HTTP_RETRY_DELAY": "0.5",
-        # a time-out the user set wins (a read that stalls is then retried sooner)
-        "GDAL_HTTP_TIMEOUT": os.environ.get("GDAL_HTTP_TIMEOUT", "60"),
-        # Raw bytes kept per open file (headers, neighbouring ranges); per file, so kept small.
-        "VSI_CACHE": "TRUE",
-        "VSI_CACHE_SIZE": str(8 * 1024 * 1024),
-        # Bytes of decoded blocks (rasterio passes it to GDALSetCacheMax64 as is); neighbouring
-        # patches of one scene share tiles.
-        "GDAL_CACHEMAX": 512 * 1024 * 1024,
-    }
-    options.update(overrides)
-    return options
+# Signed hrefs in logs
 
 
 class _RedactSignedUrls(logging.Filter):
@@ -94,130 +64,6 @@ def _redact_rasterio_logs() -> None:
 
 _redact_rasterio_logs()
 route_gdal_messages()  # GDAL's messages outside rasterio's handlers, too
-
-
-# ---------------------------------------------------------------------------------------------
-# Open datasets
-
-
-@dataclass(eq=False)
-class _Entry:
-    href: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    dataset: DatasetReader | None = None
-    evicted: bool = False
-
-    def close(self) -> None:
-        with self.lock:
-            self.evicted = True
-            if self.dataset is not None:
-                self.dataset.close()
-                self.dataset = None
-
-
-class DatasetCache:
-    """An LRU of open rasterio datasets, keyed by unsigned href and overview level.
-
-    Neighbouring locations read the same scenes: keeping datasets open saves the header
-    requests and keeps GDAL's block cache warm. Thread-safe: a dataset is used by one thread at a
-    time (GDAL datasets are not re-entrant) and evicted ones are closed once nobody uses them.
-    A signed href whose token changed reopens the dataset, so expired tokens are not reused.
-    Every open and read runs inside `rasterio.Env(**env)` (default `gdal_env()`), except
-    GDAL_CACHEMAX: the block cache is process-wide, and changing its size on every read would
-    flush it, so it is set once, here.
-    """
-
-    def __init__(self, max_open: int = 64, env: Mapping[str, Any] | None = None) -> None:
-        if max_open < 1:
-            raise UserError(f"DatasetCache max_open must be at least 1, got {max_open}")
-        self.max_open = max_open
-        self.env = dict(gdal_env() if env is None else env)
-        cache_max = self.env.pop("GDAL_CACHEMAX", None)
-        if cache_max is not None:
-            rasterio.env.set_gdal_config("GDAL_CACHEMAX", cache_max)
-        self._entries: OrderedDict[tuple[str, int | None], _Entry] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> DatasetCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def keys(self) -> list[tuple[str, int | None]]:
-        """(unsigned href, overview level) of the open datasets, least recently used first."""
-        with self._lock:
-            return list(self._entries)
-
-    @contextmanager
-    def dataset(self, href: str, overview_level: int | None = None) -> Iterator[DatasetReader]:
-        """The open dataset of `href` (at `overview_level`), held exclusively while in use."""
-        with rasterio.Env(**self.env):
-            entry = self._checkout(href, overview_level)
-            try:
-                yield entry.dataset  # type: ignore[misc]
-            finally:
-                entry.lock.release()
-
-    def close(self) -> None:
-        with self._lock:
-            entries = list(self._entries.values())
-            self._entries.clear()
-        for entry in entries:
-            entry.close()
-
-    def forget(self, href: str) -> None:
-        """Close `href`'s datasets (every overview level) and drop what GDAL cached of the file,
-        so that the next read asks the server again instead of repeating a failure."""
-        unsigned = unsigned_href(href)
-        with self._lock:
-            gone = [key for key in self._entries if key[0] == unsigned]
-            entries = [self._entries.pop(key) for key in gone]
-        for entry in entries:
-            entry.close()
-        forget_in_gdal(unsigned)
-
-    def _checkout(self, href: str, overview_level: int | None) -> _Entry:
-        """An entry with an open dataset, its lock held by the caller."""
-        key = (unsigned_href(href), overview_level)
-        while True:
-            stale: list[_Entry] = []
-            with self._lock:
-                entry = self._entries.get(key)
-                if entry is not None and entry.href != href:
-                    stale.append(self._entries.pop(key))
-                    entry = None
-                if entry is None:
-                    entry = self._entries[key] = _Entry(href)
-                    while len(self._entries) > self.max_open:
-                        stale.append(self._entries.popitem(last=False)[1])
-                else:
-                    self._entries.move_to_end(key)
-            for old in stale:  # outside the cache lock: closing waits for the old entry's user
-                old.close()
-            entry.lock.acquire()
-            if entry.evicted:  # closed between the lookup and the lock; look again
-                entry.lock.release()
-                continue
-            if entry.dataset is None:
-                try:
-                    entry.dataset = _open(href, overview_level)
-                except BaseException:
-                    entry.lock.release()
-                    raise
-            return entry
-
-
-def _open(href: str, overview_level: int | None) -> DatasetReader:
-    try:
-        if overview_level is None:
-            return rasterio.open(href)
-        return rasterio.open(href, overview_level=overview_level)
-    except RasterioError as error:
-        raise gdal_failure(f"cannot open: {redact(str(error))}", redact(href)) from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,11 +92,6 @@ _KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "cubic": 2, "lanczos": 3, "averag
 # Overviews of class rasters are often built with averaging or cubic kernels, which invents
 # class codes; categorical reads always use the full-resolution pixels.
 _CATEGORICAL = {"nearest", "mode"}
-
-
-@lru_cache(maxsize=64)
-def _crs(epsg: int) -> CRS:
-    return CRS.from_epsg(epsg)
 
 
 def _fill_value(dtype: np.dtype, nodata: float | None) -> float:
@@ -292,37 +133,37 @@ def read_patch(
 def _read_patch(
     href: str, grid: TargetGrid, resampling: str, cache: DatasetCache, nodata: float | None
 ) -> Patch:
-    with cache.dataset(href) as src:
-        dtype = np.dtype(src.dtypes[0])
-        declared = src.nodata if src.nodata is not None else nodata
+    with cache.opened(href) as entry:
+        info = entry.info
+        dtype = info.dtype
+        declared = info.nodata if info.nodata is not None else nodata
         fill = _fill_value(dtype, declared)
-        same_crs = src.crs == _crs(grid.crs)
-        if same_crs:
-            offset = _aligned_offset(src.transform, grid)
+        if entry.same_crs(grid.crs):
+            offset = _aligned_offset(info.transform, grid)
             if offset is not None:
-                array = _read_window(src, offset, grid.shape, dtype, fill)
-                inside = _inside(src.bounds, grid.bounds)
+                array = _read_window(entry, offset, grid.shape, fill)
+                inside = _inside(info.bounds, grid.bounds)
                 return _patch(array, declared, fill, inside, aligned=True)
             src_bounds = grid.bounds
         else:
             src_bounds = rasterio.warp.transform_bounds(
-                _crs(grid.crs), src.crs, *grid.bounds, densify_pts=21
+                crs_of(grid.crs), info.crs, *grid.bounds, densify_pts=21
             )
         if not all(math.isfinite(value) for value in src_bounds):  # beyond the source CRS
-            array = np.full((src.count, *grid.shape), fill, dtype=dtype)
+            array = np.full((info.count, *grid.shape), fill, dtype=dtype)
             return _patch(array, declared, fill, inside=False)
-        fill_info = (declared, fill, _inside(src.bounds, src_bounds))
+        fill_info = (declared, fill, _inside(info.bounds, src_bounds))
         target_res = min(
             (src_bounds[2] - src_bounds[0]) / grid.width,
             (src_bounds[3] - src_bounds[1]) / grid.height,
         )
         level = None
         if resampling not in _CATEGORICAL:
-            level = _overview_level(abs(src.transform.a), src.overviews(1), target_res)
+            level = _overview_level(abs(info.transform.a), info.overviews, target_res)
         if level is None:
-            return _warp(src, src_bounds, target_res, grid, resampling, dtype, fill_info, None)
-    with cache.dataset(href, level) as overview:
-        return _warp(overview, src_bounds, target_res, grid, resampling, dtype, fill_info, level)
+            return _warp(entry, src_bounds, target_res, grid, resampling, fill_info, None)
+    with cache.opened(href, level) as overview:
+        return _warp(overview, src_bounds, target_res, grid, resampling, fill_info, level)
 
 
 def _inside(outer: Sequence[float], inner: Sequence[float]) -> bool:
@@ -358,21 +199,23 @@ def _aligned_offset(transform: Any, grid: TargetGrid) -> tuple[int, int] | None:
 
 
 def _read_window(
-    src: DatasetReader,
-    offset: tuple[int, int],
-    shape: tuple[int, int],
-    dtype: np.dtype,
-    fill: float,
+    entry: OpenDataset, offset: tuple[int, int], shape: tuple[int, int], fill: float
 ) -> np.ndarray:
     """The (bands, h, w) block at `offset`, with `fill` where it extends past the source."""
+    info = entry.info
     row, col = offset
     height, width = shape
-    out = np.full((src.count, height, width), fill, dtype=dtype)
     r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + height, src.height), min(col + width, src.width)
+    r1, c1 = min(row + height, info.height), min(col + width, info.width)
+    if (r0, c0, r1, c1) == (row, col, row + height, col + width):  # wholly inside
+        out = np.empty((info.count, height, width), dtype=info.dtype)
+        read_into(entry, out, Window(c0, r0, width, height))
+        return out
+    out = np.full((info.count, height, width), fill, dtype=info.dtype)
     if r1 > r0 and c1 > c0:
-        window = Window(c0, r0, c1 - c0, r1 - r0)
-        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = src.read(window=window)
+        part = np.empty((info.count, r1 - r0, c1 - c0), dtype=info.dtype)
+        read_into(entry, part, Window(c0, r0, c1 - c0, r1 - r0))
+        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = part
     return out
 
 
@@ -386,39 +229,39 @@ def _overview_level(source_res: float, factors: Sequence[int], target_res: float
 
 
 def _warp(
-    src: DatasetReader,
+    entry: OpenDataset,
     src_bounds: tuple[float, float, float, float],
     target_res: float,
     grid: TargetGrid,
     resampling: str,
-    dtype: np.dtype,
     fill_info: tuple[float | None, float, bool],
     level: int | None,
 ) -> Patch:
     declared, fill, inside = fill_info
-    out = np.full((src.count, *grid.shape), fill, dtype=dtype)
-    source_res = abs(src.transform.a)
+    src, info = entry.dataset, entry.info
+    out = np.full((info.count, *grid.shape), fill, dtype=info.dtype)
+    source_res = abs(info.transform.a)
     ratio = max(1.0, target_res / source_res)
     margin = math.ceil(_KERNEL_RADIUS[resampling] * ratio) + 1
     left, bottom, right, top = src_bounds
-    to_pixels = ~src.transform
+    to_pixels = ~info.transform
     corners = [to_pixels @ (x, y) for x in (left, right) for y in (bottom, top)]
     cols, rows = [col for col, _ in corners], [row for _, row in corners]
     c0 = max(math.floor(min(cols)) - margin, 0)
     r0 = max(math.floor(min(rows)) - margin, 0)
-    c1 = min(math.ceil(max(cols)) + margin, src.width)
-    r1 = min(math.ceil(max(rows)) + margin, src.height)
+    c1 = min(math.ceil(max(cols)) + margin, info.width)
+    r1 = min(math.ceil(max(rows)) + margin, info.height)
     if c1 <= c0 or r1 <= r0:  # the grid lies outside the source footprint
         return _patch(out, declared, fill, False, overview_level=level)
     # GDAL reads the blocks under the grid itself (through the block cache), which saves a
     # window read and an in-memory source dataset per call.
     rasterio.warp.reproject(
-        source=rasterio.band(src, list(range(1, src.count + 1))),
+        source=rasterio.band(src, info.indexes),
         destination=out,
         # none declared: every integer pixel is data (black NAIP pixels too); NaN never is
         src_nodata=fill if declared is None and np.isnan(fill) else declared,
         dst_transform=grid.transform,
-        dst_crs=_crs(grid.crs),
+        dst_crs=crs_of(grid.crs),
         dst_nodata=fill,
         resampling=RasterioResampling[resampling],
     )

@@ -676,6 +676,49 @@ def test_debug_logs_carry_no_token(services, tmp_path, caplog):
         assert secret not in caplog.text
 
 
+# ---------------------------------------------------------------------------------- reads
+@pytest.mark.parametrize("io_threads", [1, 4])
+def test_a_multi_date_build_opens_each_file_once(native_build, tmp_path, monkeypatch, io_threads):
+    """The slots of a shard's locations are read scene by scene, and the datasets stay open
+    across locations, dates and shards: every file is opened once (the 12 locations read 4 dates
+    of 6 assets each from a few scenes), and the shards do not change."""
+    import geoprep.building.datasets as datasets
+    from geoprep.building.build import forget_open_files
+
+    recipe, reference = native_build
+    opened: list[tuple[str, int | None]] = []
+    real_open = datasets._open
+
+    def counting(href: str, level: int | None):
+        opened.append((href.split("?")[0], level))
+        return real_open(href, level)
+
+    monkeypatch.setattr(datasets, "_open", counting)
+    forget_open_files()  # as a new worker: nothing open yet
+    build(recipe, str(tmp_path / "out"), workers=1, io_threads=io_threads)
+    assert_same_shards(tmp_path / "out", reference)
+    assert len(set(opened)) > 12  # several scenes of several assets
+    assert len(opened) == len(set(opened))
+
+
+@pytest.mark.parametrize(("reads", "threads"), [(10, 3), (7, 1), (2, 8), (0, 4), (33, 8)])
+def test_reads_are_dealt_to_threads_in_runs_of_scenes(reads, threads):
+    """Every read once; taken `threads` at a time, each thread's turn comes from its own run of
+    the scene-sorted reads (neighbours in the sorted order stay with one thread)."""
+    from geoprep.building.build import _striped
+
+    dealt = _striped(list(range(reads)), threads)
+    assert sorted(dealt) == list(range(reads))
+    if not reads:
+        return
+    size = -(-reads // min(threads, reads))  # reads per run
+    starts = list(range(0, reads, size))
+    assert dealt[: len(starts)] == starts  # the first turn: the start of every run
+    for start in starts:  # each run in its own order
+        run = [value for value in dealt if start <= value < start + size]
+        assert run == list(range(start, min(start + size, reads)))
+
+
 # ---------------------------------------------------------------------------------- workers
 def test_two_worker_processes_write_the_same_shards(native_build, tmp_path):
     recipe, reference = native_build

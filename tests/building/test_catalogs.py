@@ -249,6 +249,26 @@ def test_stac_api_pages_and_groups_nearby_locations(stac_api):
     assert answers[(1, 0.5)][1] > answers[(100, 0.5)][1] + 6
 
 
+def test_stac_api_keeps_answers_for_later_batches_in_the_same_tiles(stac_api):
+    """A build's next shard of locations in the same tiles and time window sends no search, and
+    finds the same items as a catalog that searches afresh."""
+    catalog = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
+    bodies = search_bodies(catalog)
+    points = locations()
+    first, second = points.iloc[[0, 1, 2]], points.iloc[[1, 2]]
+    catalog.candidates(first, "sentinel-2-l2a", "2024-01-01", "2024-12-31")
+    sent = len(bodies)
+    assert sent == 3  # p1, p2 and p3 lie in three 0.5 deg tiles
+    again = catalog.candidates(second, "sentinel-2-l2a", "2024-01-01", "2024-12-31")
+    assert len(bodies) == sent  # nothing sent
+    fresh = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
+    assert ids_of(again) == ids_of(
+        fresh.candidates(second, "sentinel-2-l2a", "2024-01-01", "2024-12-31")
+    )
+    catalog.candidates(second, "sentinel-2-l2a", "2023-01-01", "2023-12-31")
+    assert len(bodies) == sent + 2  # another window: searched, in both tiles
+
+
 def test_cloud_filter_is_sent_only_where_items_have_the_property(stac_api):
     catalog = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
     assert catalog.has_cloud_cover("sentinel-2-l2a") and not catalog.has_cloud_cover("naip")

@@ -20,6 +20,7 @@ from pyproj import Transformer
 from rasterio.enums import Resampling
 from starlette.staticfiles import StaticFiles
 
+from geoprep.building.datasets import OPEN_DATASET_BYTES
 from geoprep.building.grid import TargetGrid
 from geoprep.building.raster import (
     DatasetCache,
@@ -311,6 +312,51 @@ def test_cache_evicts_and_closes_the_least_recently_used(sources: dict[str, Path
         assert cache.keys() == [(paths[0], None), (paths[2], None)]
         assert not first.closed
     assert first.closed and len(cache) == 0
+
+
+def test_cache_keeps_within_its_memory_budget(sources: dict[str, Path]) -> None:
+    paths = [str(sources[name]) for name in ("32632", "32633", "26915")]
+    with DatasetCache() as unbounded:
+        for path in paths:
+            with unbounded.opened(path) as entry:
+                # 256-px blocks of two bands: the dataset, its own raw and decoded blocks
+                assert entry.info.block_bytes == 256 * 256 * 2 * 2
+                assert entry.bytes == OPEN_DATASET_BYTES + 2 * entry.info.block_bytes
+        assert len(unbounded) == 3 and unbounded.opens == 3
+        two = sum(entry_bytes(unbounded, path) for path in paths[1:])
+    with DatasetCache(max_bytes=two) as cache:
+        for path in [*paths, paths[2]]:
+            with cache.dataset(path):
+                pass
+        assert cache.keys() == [(paths[1], None), (paths[2], None)]
+        assert cache.bytes == two and cache.opens == 3  # the repeated read reused its dataset
+    with DatasetCache(max_bytes=0) as tiny:  # always one, however small the budget
+        for path in paths:
+            with tiny.dataset(path):
+                pass
+        assert len(tiny) == 1
+
+
+def entry_bytes(cache: DatasetCache, path: str) -> int:
+    with cache.opened(path) as entry:
+        return entry.bytes
+
+
+@pytest.mark.parametrize("window", [(0, 0, 48, 48), (-10, 1000, 48, 48), (1000, -5, 48, 48)])
+def test_window_reads_equal_rasterio_read(sources: dict[str, Path], window) -> None:
+    """read_patch reads through rasterio's lower-level `_read` (no mask-flag query per read):
+    the same pixels as `read()`, inside the file and across its edges."""
+    path = sources["32633"]
+    with rasterio.open(path) as src:
+        col, row, width, height = window
+        t = src.transform
+        grid = TargetGrid(32633, Affine(t.a, 0, t.c + col * t.a, 0, t.e, t.f + row * t.e), 48, 48)
+        expected = src.read(
+            window=rasterio.windows.Window(col, row, width, height), boundless=True, fill_value=0
+        )
+    patch = read_patch(str(path), grid)
+    assert patch.aligned
+    np.testing.assert_array_equal(patch.array, expected)
 
 
 # rasterio hides this warning of its scratch in-memory datasets with warnings.catch_warnings(),

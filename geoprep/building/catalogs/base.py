@@ -161,6 +161,7 @@ class Catalog(ABC):
 
     def __init__(self, spec: CatalogSpec) -> None:
         self.spec = spec
+        self._signed: dict[tuple[str | None, str], tuple[pystac.Item, pystac.Item, dict]] = {}
 
     def candidates(
         self,
@@ -222,6 +223,13 @@ class Catalog(ABC):
         """
         if self.spec.provider != "planetary-computer":
             return item
+        # A signed copy is kept while its tokens are fresh: the slots and neighbours reading a
+        # scene sign it once (a copy of an item with all its assets costs more than a read).
+        key = (item.collection_id, item.id)
+        kept = self._signed.get(key)
+        if kept is not None and not fresh and kept[0] is item:
+            if all(token.ttl() >= 60 for token in kept[2].values()):  # the SDK's margin
+                return kept[1]
         signed = item.clone()
         tokens: dict[tuple[str, str], pc_sas.SASToken] = {}
         for asset in signed.assets.values():
@@ -234,14 +242,24 @@ class Catalog(ABC):
             if container not in tokens:
                 tokens[container] = _token(*container, fresh)
             asset.href = tokens[container].sign(asset.href).href
+        if len(self._signed) >= SIGNED_ITEMS_KEPT:
+            self._signed.clear()
+        self._signed[key] = (item, signed, tokens)
         return signed
 
     def asset_names(self, collection: str) -> set[str] | None:
         """The asset keys of the collection's items (None: this catalog cannot tell cheaply)."""
         return None
 
+    def forget(self) -> None:
+        """Drop what the catalog kept from earlier calls (signed items; a STAC API's answers):
+        a new build asks the sources again, as a new process would."""
+        self._signed.clear()
+
 
 BLOB_HOST = ".blob.core.windows.net"
+#: Signed copies of items a catalog keeps (per process; a few MB).
+SIGNED_ITEMS_KEPT = 4096
 #: Planetary Computer's public assets (thumbnails): signing leaves them alone.
 PUBLIC_BLOB_HOSTS = frozenset({"ai4edatasetspublicassets.blob.core.windows.net"})
 

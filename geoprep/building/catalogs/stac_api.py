@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import geopandas as gpd
@@ -53,11 +56,13 @@ KNOWN_CLOUD_COVER: dict[str, bool] = {
 class StacApiCatalog(Catalog):
     """A STAC API searched with pystac-client, one search per tile of nearby locations.
 
-    Locations are grouped on a `tile_degrees` grid; each group is searched once per merged time
-    window over the bounding box of its points (paging with `limit` = page_size), and the items
-    are assigned to points by footprint. The eo:cloud_cover limit is sent as a CQL2-JSON filter
-    only where the collection's items carry it (`KNOWN_CLOUD_COVER`, else the collection's
-    queryables); otherwise it is applied to the returned items. Requests answered 429 or 5xx
+    Locations are grouped on a `tile_degrees` grid; each tile is searched once per merged time
+    window (paging with `limit` = page_size; up to `concurrency` searches at once), and the
+    items are assigned to points by footprint. The last `kept_searches` answers are kept: later
+    batches of locations in the same tiles and windows (a build's next shards) reuse them. The
+    eo:cloud_cover limit is sent as a CQL2-JSON filter only where the collection's items carry
+    it (`KNOWN_CLOUD_COVER`, else the collection's queryables); otherwise it is applied to the
+    returned items. Requests answered 429 or 5xx
     are retried `retries` times with exponential backoff (`backoff_factor` seconds, doubling).
     """
 
@@ -71,6 +76,8 @@ class StacApiCatalog(Catalog):
         backoff_factor: float = 1.0,
         timeout: float = 120.0,
         pages: RetryPolicy = DEFAULT_RETRY,
+        concurrency: int = 8,
+        kept_searches: int = 256,
     ) -> None:
         super().__init__(spec)
         if tile_degrees <= 0:
@@ -83,6 +90,10 @@ class StacApiCatalog(Catalog):
         self._has_cloud: dict[str, bool] = {}
         self._collections: dict[str, pystac.Collection] = {}
         self.pages = pages
+        self.concurrency = concurrency  # searches under way at once
+        self.kept_searches = kept_searches
+        self._kept: dict[tuple, list[pystac.Item]] = {}  # answers, for the next batches
+        self._kept_lock = threading.Lock()
 
     @property
     def client(self) -> Client:
@@ -132,6 +143,11 @@ class StacApiCatalog(Catalog):
             self._collections[collection] = found
         return self._collections[collection]
 
+    def forget(self) -> None:
+        super().forget()
+        with self._kept_lock:
+            self._kept.clear()
+
     def asset_names(self, collection: str) -> set[str] | None:
         found = self._collection(collection)
         declared = getattr(found, "item_assets", None) or found.extra_fields.get("item_assets")
@@ -175,15 +191,41 @@ class StacApiCatalog(Catalog):
             tile_y=np.floor(points.geometry.y / self.tile_degrees),
             tile_x=np.floor(points.geometry.x / self.tile_degrees),
         )
-        found: dict[str, list[pystac.Item]] = {}
+        groups = []
         for _, tile in tiles.groupby(["tile_y", "tile_x"], sort=True):
             tile_windows = {loc: windows[loc] for loc in tile["id"].tolist()}
-            pad = 1e-5  # a point's box has no area; some servers reject or miss those
-            west, south, east, north = tile.total_bounds
-            bbox = [west - pad, south - pad, east + pad, north + pad]
+            # The whole tile is searched, not the box of this batch's points: the next batch
+            # (shard) of the tile then finds its answer kept (`kept_searches`).
+            row, col = tile["tile_y"].iloc[0], tile["tile_x"].iloc[0]
+            size = self.tile_degrees
+            bbox = [col * size, row * size, (col + 1) * size, (row + 1) * size]
+            spans = merge_windows(w for spans in tile_windows.values() for w in spans)
+            groups.append((tile, tile_windows, [(bbox, start, end) for start, end in spans]))
+        # The searches go out together (each waits on the network); results merge in order.
+        searches = [search for _, _, group in groups for search in group]
+        text = json.dumps(server_filter, sort_keys=True)
+        keys = [(collection, tuple(bbox), start, end, text) for bbox, start, end in searches]
+        with self._kept_lock:
+            known = {k: self._kept[k] for k in keys if k in self._kept}
+        missing = [k for k in dict.fromkeys(keys) if k not in known]
+        if missing:
+            with ThreadPoolExecutor(max(1, min(self.concurrency, len(missing)))) as pool:
+                answers = pool.map(
+                    lambda k: self._search(collection, list(k[1]), k[2], k[3], server_filter),
+                    missing,
+                )
+                fetched = dict(zip(missing, answers, strict=True))
+            known.update(fetched)
+            with self._kept_lock:
+                if len(self._kept) + len(fetched) > self.kept_searches:
+                    self._kept.clear()
+                self._kept.update(fetched)
+        pages = iter([known[k] for k in keys])
+        found: dict[str, list[pystac.Item]] = {}
+        for tile, tile_windows, group in groups:
             items: dict[str, pystac.Item] = {}
-            for start, end in merge_windows(w for spans in tile_windows.values() for w in spans):
-                for item in self._search(collection, bbox, start, end, server_filter):
+            for _ in group:
+                for item in next(pages):
                     items.setdefault(item.id, item)
             if not items:
                 continue
