@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -147,7 +148,9 @@ def warmup_factor(step: int, warmup: int, total: int, schedule: str) -> float:
         return (step + 1) / warmup
     if schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
+        # a Python float: a numpy scalar would reach the checkpoint's optimiser state, which
+        # then no longer loads without unpickling
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return 1.0
 
 
@@ -360,7 +363,7 @@ def train(config: TrainConfig, run: Path) -> Path | None:
         if env_rank() == 0:
             print(f"resuming from {resume}", file=sys.stderr, flush=True)
     trainer = trainer_for(config, run)
-    trainer.fit(module, ckpt_path=resume, weights_only=False)
+    trainer.fit(module, ckpt_path=resume, weights_only=True)  # never unpickle
     if trainer.is_global_zero:
         return write_backbone(run, method, config, trainer.global_step)
     return None

@@ -44,7 +44,7 @@ def dataset(method: str, root: Path) -> Path:
 
 
 def method_state(run: Path) -> dict:
-    state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=False)
+    state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=True)
     return state["state_dict"]
 
 
@@ -91,7 +91,7 @@ def test_torchrun_two_ranks_killed_and_resumed(tmp_path: Path, method: str) -> N
     run = tmp_path / "run"
     crash_after_a_checkpoint(path, run, steps)
     killed = checkpoints(run)
-    before = torch.load(killed[-1], map_location="cpu", weights_only=False)["state_dict"]
+    before = torch.load(killed[-1], map_location="cpu", weights_only=True)["state_dict"]
     killed_step = int(killed[-1].name[4:12])
     # both ranks enqueued every step's keys of the global batch (4 rows or 4 × 2 rows)
     rows = 4 if method == "gassl" else 8
@@ -101,7 +101,7 @@ def test_torchrun_two_ranks_killed_and_resumed(tmp_path: Path, method: str) -> N
     second = resume(path, run)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr
-    state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=False)
+    state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=True)
     assert state["global_step"] == steps
     after = state["state_dict"]
     assert int(after["method.queue_ptr"]) == steps * rows % size

@@ -188,8 +188,8 @@ def test_a_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path) -> None
     shorter = config.model_copy(update={"trainer": config.trainer.model_copy(update={"steps": 2})})
     train(shorter, tmp_path / "resumed")
     train(config, tmp_path / "resumed")  # resumes at step 2: windows and views drawn alike
-    a = torch.load(checkpoints(tmp_path / "straight")[-1], weights_only=False)["state_dict"]
-    b = torch.load(checkpoints(tmp_path / "resumed")[-1], weights_only=False)["state_dict"]
+    a = torch.load(checkpoints(tmp_path / "straight")[-1], weights_only=True)["state_dict"]
+    b = torch.load(checkpoints(tmp_path / "resumed")[-1], weights_only=True)["state_dict"]
     assert any(k.startswith("method.audio_tower.") for k in a) and a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -214,7 +214,7 @@ def test_torchrun_two_ranks_killed_resumed_and_evaluated(
     second = resume(config, run)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr
-    state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=False)
+    state = torch.load(checkpoints(run)[-1], map_location="cpu", weights_only=True)
     assert state["global_step"] == steps
     assert any(k.startswith("method.audio_tower.") for k in state["state_dict"])
     doc = json.loads((run / "backbone.json").read_text())
