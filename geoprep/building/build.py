@@ -36,6 +36,7 @@ from geoprep.building.fmow import FmowImageReader, category_table
 from geoprep.building.location import LocationFailed, location_slots
 from geoprep.building.raster import DatasetCache
 from geoprep.building.samples import Draft, SampleBuilder
+from geoprep.building.scenes import slots_envelope
 from geoprep.core.errors import UserError
 from geoprep.core.signing import redact
 from geoprep.core.storage import join, makedirs, read_bytes, write_bytes_atomic
@@ -358,10 +359,12 @@ def _find_candidates(recipe, catalogs, rows, slots) -> dict[str, dict[str, list]
     """Per sensor, the items over each location in any of its slots: one catalog call per sensor."""
     frame = pd.DataFrame([{"id": r["id"], "lat": r["lat"], "lon": r["lon"]} for r in rows])
     windows = {row["id"]: [slot.window for slot in slots[row["id"]]] for row in rows}
+    # the same for every shard: a STAC API searches each tile once for the whole build
+    span = slots_envelope(recipe.imagery.time)
     found = {}
     for sensor, spec in recipe.imagery.sensors.items():
         found[sensor] = catalogs[spec.catalog].candidates_in_windows(
-            frame, spec.collection, windows, spec.max_cloud_cover, spec.filter
+            frame, spec.collection, windows, spec.max_cloud_cover, spec.filter, span
         )
     return found
 

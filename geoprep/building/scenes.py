@@ -221,6 +221,38 @@ def slots_span(slots: Iterable[Slot]) -> tuple[dt.datetime, dt.datetime]:
     return min(s.start_time for s in slots), max(s.end_time for s in slots)
 
 
+def slots_envelope(
+    time_spec: SingleTime | SeasonalTime | MultiYearTime | TimestampsTime,
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """The (start, end) holding every window `slots_for` can give any location under
+    `time_spec`, whatever its random draws: one search of a tile over it serves every batch of
+    the build. None for timestamps: a location's dates are its own (or the same for all, whose
+    windows are then searched as they are)."""
+    if isinstance(time_spec, SingleTime):
+        slots = [_single_slot(time_spec)]
+    elif isinstance(time_spec, SeasonalTime):
+        oldest = time_spec.max_shift_days + (time_spec.n_dates - 1) * time_spec.spacing_days
+        targets = [time_spec.reference - dt.timedelta(days=oldest), time_spec.reference]
+        slots = [_around("", target, time_spec.window_days, "seasonal") for target in targets]
+    elif isinstance(time_spec, MultiYearTime):
+        low, high = time_spec.day_of_year
+        days = {
+            (first + k * time_spec.spacing_days) % 365
+            for first in range(low, high + 1)
+            for k in range(time_spec.dates_per_group)
+        }
+        years = {year for pair in year_pairs(time_spec) for year in pair}
+        targets = [
+            dt.date(year, 1, 1) + dt.timedelta(days=day)
+            for year in (min(years), max(years))
+            for day in (min(days), max(days))
+        ]
+        slots = [_around("", target, time_spec.window_days, "multi-year") for target in targets]
+    else:
+        return None
+    return slots_span(slots)
+
+
 def item_datetime(item: pystac.Item) -> dt.datetime | None:
     """The item's acquisition time in UTC: `datetime`, else `start_datetime`."""
     when = item.datetime or item.common_metadata.start_datetime

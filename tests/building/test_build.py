@@ -701,6 +701,33 @@ def test_a_multi_date_build_opens_each_file_once(native_build, tmp_path, monkeyp
     assert len(opened) == len(set(opened))
 
 
+def test_a_multi_date_build_searches_each_tile_once(native_build, tmp_path, monkeypatch):
+    """The shards' locations have windows of their own (jittered dates), yet each tile is
+    searched once over the recipe's envelope for the whole build; searched per shard window,
+    as before, the shards come out the same byte for byte."""
+    import geoprep.building.build as building
+    from geoprep.building.catalogs import StacApiCatalog
+
+    recipe, reference = native_build
+    searched: list[tuple] = []
+    real_search = StacApiCatalog._search
+
+    def counting(self, collection, bbox, start, end, server_filter):
+        searched.append((tuple(bbox), start, end))
+        return real_search(self, collection, bbox, start, end, server_filter)
+
+    monkeypatch.setattr(StacApiCatalog, "_search", counting)
+    build(recipe, str(tmp_path / "span"), workers=1, io_threads=2)
+    assert_same_shards(tmp_path / "span", reference)
+    tiles = {bbox for bbox, _, _ in searched}
+    assert len(searched) == len(tiles) == 4  # Bavaria straddles 11° E; three shards
+    searched.clear()
+    monkeypatch.setattr(building, "slots_envelope", lambda time: None)
+    build(recipe, str(tmp_path / "windows"), workers=1, io_threads=2)
+    assert_same_shards(tmp_path / "windows", reference)
+    assert len(searched) > 2 * len(tiles)  # each shard's merged windows, per tile
+
+
 @pytest.mark.parametrize(("reads", "threads"), [(10, 3), (7, 1), (2, 8), (0, 4), (33, 8)])
 def test_reads_are_dealt_to_threads_in_runs_of_scenes(reads, threads):
     """Every read once; taken `threads` at a time, each thread's turn comes from its own run of

@@ -391,6 +391,62 @@ def test_windows_per_location_search_only_those_windows(stac_api):
     ]
 
 
+def utc(day: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+
+
+def jittered_windows(points, shift_days: int) -> dict[str, list[tuple]]:
+    """Two windows per location, moved by a per-batch jitter, as a multi-date recipe's slots."""
+    shift = dt.timedelta(days=shift_days)
+    return {
+        loc: [
+            (utc("2024-01-01") + shift, utc("2024-02-11") + shift),
+            (utc("2024-03-10") + shift, utc("2024-05-30") + shift),
+        ]
+        for loc in points["id"]
+    }
+
+
+def test_a_span_searches_each_tile_once_for_every_batch(stac_api):
+    """Given the build's span, batches with other windows in the same tiles send no search, and
+    each location gets exactly the items of its own windows (as from searches of its windows)."""
+    span = (utc("2023-12-01"), utc("2024-07-31"))
+    catalog = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
+    bodies = search_bodies(catalog)
+    points = locations()
+    batches = [(points.iloc[[0, 1, 2]], 0), (points.iloc[[1, 2, 4]], 6), (points.iloc[[0]], -9)]
+    for batch, shift in batches:
+        windows = jittered_windows(batch, shift)
+        found = catalog.candidates_in_windows(batch, "sentinel-2-l2a", windows, 25.0, span=span)
+        fresh = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
+        alone = fresh.candidates_in_windows(batch, "sentinel-2-l2a", windows, 25.0)
+        assert ids_of(found) == ids_of(alone)
+    assert ids_of(found) == {"p1": ["S2A_A_20240105", "S2A_A_20240315"]}  # not Feb's, June's
+    assert len(bodies) == 3  # p1 | p2, p5 | p3: one search per tile for all three batches
+    assert {body["datetime"] for body in bodies} == {"2023-12-01T00:00:00Z/2024-07-31T00:00:00Z"}
+    # a window reaching out of the span is searched too
+    late = {"p1": [(utc("2024-05-20"), utc("2024-08-10"))]}
+    found = catalog.candidates_in_windows(points.iloc[[0]], "sentinel-2-l2a", late, span=span)
+    assert ids_of(found) == {"p1": ["S2B_A_20240601"]}
+    assert len(bodies) == 4 and bodies[-1]["datetime"].startswith("2023-12-01T00:00:00Z/2024-08")
+
+
+def test_kept_answers_are_bounded_by_their_items(stac_api):
+    """The oldest answers go once the kept ones hold more than `kept_items` items."""
+    catalog = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api), kept_items=6)
+    bodies = search_bodies(catalog)
+    year = ("2024-01-01", "2024-12-31")
+    first, second = locations(POINTS[:1]), locations(POINTS[2:3])  # 4 and 2 items
+    for batch in (first, second, first, second):
+        catalog.candidates(batch, "sentinel-2-l2a", *year)
+    assert len(bodies) == 2  # both answers kept: 6 items
+    catalog.candidates(locations(POINTS[5:6]), "sentinel-2-l2a", *year)  # 1 more: p1's goes
+    catalog.candidates(second, "sentinel-2-l2a", *year)
+    assert len(bodies) == 3
+    catalog.candidates(first, "sentinel-2-l2a", *year)
+    assert len(bodies) == 4
+
+
 # --- A Planetary-Computer-shaped stand-in: paging by POST body, 429/503, SAS tokens ---------
 
 

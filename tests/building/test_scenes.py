@@ -11,7 +11,15 @@ import pystac
 import pytest
 from pydantic import TypeAdapter
 
-from geoprep.building.scenes import Slot, coterminous, rank, slots_for, slots_span, year_pairs
+from geoprep.building.scenes import (
+    Slot,
+    coterminous,
+    rank,
+    slots_envelope,
+    slots_for,
+    slots_span,
+    year_pairs,
+)
 from geoprep.core.errors import UserError
 from geoprep.recipe.sections import MultiYearTime, TimeSpec
 
@@ -145,6 +153,74 @@ def test_random_modes_are_reproducible_per_seed_and_differ_between_seeds(time):
     assert slots_for(time, rng(1), ROW) == slots_for(time, rng(1), ROW)
     draws = {tuple(s.target for s in slots_for(time, rng(seed), ROW)) for seed in range(10)}
     assert len(draws) > 5
+
+
+@pytest.mark.parametrize(
+    ("time", "first", "last"),
+    [
+        # the demo CACo recipe: 2019 and 2022, first day 95-115, then 91 days on, +-45 days
+        (
+            {
+                "mode": "multi-year",
+                "first_year": 2019,
+                "last_year": 2022,
+                "min_gap_years": 3,
+                "dates_per_group": 2,
+                "spacing_days": 91,
+                "window_days": 45,
+                "day_of_year": [95, 115],
+            },
+            "2019-02-20",
+            "2022-09-09",
+        ),
+        # dates that wrap around New Year reach both ends of the years
+        (
+            {
+                "mode": "multi-year",
+                "first_year": 2017,
+                "last_year": 2023,
+                "min_gap_years": 4,
+                "window_days": 15,
+            },
+            "2016-12-17",
+            "2024-01-15",
+        ),
+        (
+            {
+                "mode": "seasonal",
+                "reference": "2021-06-30",
+                "n_dates": 3,
+                "spacing_days": 30,
+                "window_days": 5,
+                "max_shift_days": 100,
+            },
+            "2021-01-16",
+            "2021-07-05",
+        ),
+        (
+            {"mode": "single", "start": "2020-01-01", "end": "2020-12-31"},
+            "2020-01-01",
+            "2020-12-31",
+        ),
+    ],
+)
+def test_slots_envelope_holds_every_window_any_location_can_draw(time, first, last):
+    """One search over the envelope serves every location: it holds each slot of many draws,
+    and reaches no further than the time spec lets a slot reach."""
+    time = spec(**time)
+    start, end = slots_envelope(time)
+    assert (start.date(), end.date()) == (d(first), d(last))
+    assert end == Slot("x", d(last), d(last), d(last)).end_time  # whole days
+    reached = [slots_span(slots_for(time, rng(seed), ROW)) for seed in range(300)]
+    assert all(start <= low and high <= end for low, high in reached)
+    if time.mode == "single":
+        assert reached[0] == (start, end)
+
+
+def test_timestamps_have_no_envelope():
+    """A location's own dates (or the recipe's, the same for all) are searched as they are."""
+    assert slots_envelope(spec(mode="timestamps", column="images")) is None
+    assert slots_envelope(spec(mode="timestamps", dates=["2019-01-01", "2022-01-01"])) is None
 
 
 def test_timestamps_from_the_recipe_are_sorted_and_deduplicated():

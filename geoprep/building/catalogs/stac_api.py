@@ -56,10 +56,13 @@ KNOWN_CLOUD_COVER: dict[str, bool] = {
 class StacApiCatalog(Catalog):
     """A STAC API searched with pystac-client, one search per tile of nearby locations.
 
-    Locations are grouped on a `tile_degrees` grid; each tile is searched once per merged time
-    window (paging with `limit` = page_size; up to `concurrency` searches at once), and the
-    items are assigned to points by footprint. The last `kept_searches` answers are kept: later
-    batches of locations in the same tiles and windows (a build's next shards) reuse them. The
+    Locations are grouped on a `tile_degrees` grid; each tile is searched once over the build's
+    span when the caller gives one (a multi-date recipe's envelope of all its locations'
+    windows), else once per merged time window of the batch (paging with `limit` = page_size; up
+    to `concurrency` searches at once), and the items are assigned to points by footprint and
+    each location's own windows. The last `kept_searches` answers (at most `kept_items` items)
+    are kept: later batches of locations in the same tiles and windows (a build's next shards)
+    reuse them. The
     eo:cloud_cover limit is sent as a CQL2-JSON filter only where the collection's items carry
     it (`KNOWN_CLOUD_COVER`, else the collection's queryables); otherwise it is applied to the
     returned items. Requests answered 429 or 5xx
@@ -78,6 +81,7 @@ class StacApiCatalog(Catalog):
         pages: RetryPolicy = DEFAULT_RETRY,
         concurrency: int = 8,
         kept_searches: int = 256,
+        kept_items: int = 20_000,
     ) -> None:
         super().__init__(spec)
         if tile_degrees <= 0:
@@ -92,6 +96,7 @@ class StacApiCatalog(Catalog):
         self.pages = pages
         self.concurrency = concurrency  # searches under way at once
         self.kept_searches = kept_searches
+        self.kept_items = kept_items  # an item holds about 20-40 kB: this bounds the memory
         self._kept: dict[tuple, list[pystac.Item]] = {}  # answers, for the next batches
         self._kept_lock = threading.Lock()
 
@@ -179,6 +184,7 @@ class StacApiCatalog(Catalog):
         windows: dict[str, list[Window]],
         max_cloud_cover: float | None,
         extra_filter: dict[str, Any] | None,
+        span: Window | None,
     ) -> dict[str, list[pystac.Item]]:
         self._collection(collection)
         clauses = [] if extra_filter is None else [extra_filter]
@@ -199,7 +205,7 @@ class StacApiCatalog(Catalog):
             row, col = tile["tile_y"].iloc[0], tile["tile_x"].iloc[0]
             size = self.tile_degrees
             bbox = [col * size, row * size, (col + 1) * size, (row + 1) * size]
-            spans = merge_windows(w for spans in tile_windows.values() for w in spans)
+            spans = search_windows(tile_windows, span)
             groups.append((tile, tile_windows, [(bbox, start, end) for start, end in spans]))
         # The searches go out together (each waits on the network); results merge in order.
         searches = [search for _, _, group in groups for search in group]
@@ -217,9 +223,13 @@ class StacApiCatalog(Catalog):
                 fetched = dict(zip(missing, answers, strict=True))
             known.update(fetched)
             with self._kept_lock:
-                if len(self._kept) + len(fetched) > self.kept_searches:
-                    self._kept.clear()
                 self._kept.update(fetched)
+                # the oldest answers go first: a build's shards move on from tile to tile
+                while len(self._kept) > 1 and (
+                    len(self._kept) > self.kept_searches
+                    or sum(map(len, self._kept.values())) > self.kept_items
+                ):
+                    del self._kept[next(iter(self._kept))]
         pages = iter([known[k] for k in keys])
         found: dict[str, list[pystac.Item]] = {}
         for tile, tile_windows, group in groups:
@@ -259,3 +269,14 @@ class StacApiCatalog(Catalog):
         )
         log.debug("%s %s %s/%s: %d items", collection, bbox, start, end, len(items))
         return items
+
+
+def search_windows(windows: dict[str, list[Window]], span: Window | None) -> list[Window]:
+    """The time windows to search a tile in for these locations' windows: the build's `span`
+    (the same for every batch, so later batches find the answer kept), plus any window that
+    reaches outside it; without a span, the merged windows."""
+    merged = merge_windows(w for spans in windows.values() for w in spans)
+    if span is None or not merged:
+        return merged
+    outside = [(start, end) for start, end in merged if start < span[0] or end > span[1]]
+    return merge_windows([span, *outside])
