@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,30 @@ def test_decode_benchmark_compares_the_three_decoders(benchmarks, tmp_path, caps
     assert out.startswith("machine: ")
     assert "| ds | 2 |" in out
     (result,) = json.loads(report.read_text())["results"]
-    assert result["samples"] == 3 and result["schema_version"] == [2]
+    assert result["samples"] == 3 and result["schema_version"] == [3]
     assert set(result["variants"]) == {"tif via GDAL", "tif (geoprep decoder)", "npy"}
+
+
+def test_write_benchmark_compares_gdal_and_geoprep_members(benchmarks, tmp_path, capsys) -> None:
+    small_dataset(tmp_path / "ds")
+    report = tmp_path / "report.json"
+    argv = [str(tmp_path / "ds"), "--samples", "3", "--repeat", "1", "--json", str(report)]
+    assert benchmarks("write_members").main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("machine: ") and "| ds | 6 |" in out
+    (result,) = json.loads(report.read_text())["results"]
+    assert set(result["variants"]) == {"GDAL", "geoprep"} and result["members"] == 6
+
+
+def test_write_benchmark_stops_when_gdal_reads_a_member_otherwise(
+    benchmarks, tmp_path, monkeypatch
+) -> None:
+    small_dataset(tmp_path / "ds")
+    bench = benchmarks("write_members")
+    real = bench.encode_with_gdal
+    monkeypatch.setattr(bench, "encode_with_gdal", lambda r: real(replace(r, bands=["x"] * 4)))
+    with pytest.raises(SystemExit, match="GDAL reads geoprep's member otherwise"):
+        bench.main([str(tmp_path / "ds"), "--samples", "1", "--repeat", "1"])
 
 
 def test_plan_benchmark_reports_time_memory_and_stages(benchmarks, tmp_path, capsys) -> None:

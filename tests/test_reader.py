@@ -303,11 +303,11 @@ def as_schema_1(doc: dict) -> dict:
     return doc
 
 
-def test_schema_2_lists_each_images_own_sources_once(tmp_path: Path) -> None:
+def test_schema_2_and_later_list_each_images_own_sources_once(tmp_path: Path) -> None:
     tar = write(tmp_path, [with_hrefs(native_sample("loc"))])
     (raw,) = list(wds.WebDataset(tar, shardshuffle=False))
     doc = json.loads(raw["json"])
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     first = doc["images"][0]  # the 10 m group: B02 B03
     assert "grid" not in first and first["href_base"] == f"{PC}/R10m/"
     assert first["hrefs"] == {"B02": "T33_B02.tif", "B03": "T33_B03.tif"}
@@ -339,9 +339,34 @@ def test_multi_band_assets_keep_their_href() -> None:
     assert unknown == {"href_base": "s3://b/x/", "hrefs": {"visual": "v.tif"}}
 
 
+@pytest.mark.parametrize("make", [csf_sample, native_sample])
+def test_schema_3_members_read_as_the_gdal_written_ones_of_schema_2(tmp_path, make) -> None:
+    """Schema 3 lays its GeoTIFF members out without GDAL; a schema 2 sample, whose members
+    GDAL wrote, reads the same: pixels, grid, CRS, nodata and band names."""
+    record = make("loc")
+    tar = write(tmp_path, [record])
+    (raw,) = list(wds.WebDataset(tar, shardshuffle=False))
+    old = dict(raw, json=json.dumps(json.loads(raw["json"]) | {"schema_version": 2}).encode())
+    for image in record.images:
+        member = f"{image.suffix}.tif"
+        assert raw[member] != records.encode_with_gdal(image)
+        old[member] = records.encode_with_gdal(image)
+    now, before = Sample.from_wds(raw), Sample.from_wds(old)
+    assert now.images.keys() == before.images.keys() and now.images
+    for suffix, image in now.images.items():
+        other = before.images[suffix]
+        np.testing.assert_array_equal(image.array, other.array)
+        assert (image.crs, image.transform, image.bands) == (
+            other.crs,
+            other.transform,
+            other.bands,
+        )
+        assert str(image.nodata) == str(other.nodata)  # NaN too
+
+
 def test_a_newer_schema_is_refused_with_a_hint(tmp_path: Path) -> None:
     tar = write(tmp_path, [csf_sample("loc")])
     (raw,) = list(wds.WebDataset(tar, shardshuffle=False))
-    doc = json.loads(raw["json"]) | {"schema_version": 3}
-    with pytest.raises(SampleError, match="schema_version 3.*upgrade"):
+    doc = json.loads(raw["json"]) | {"schema_version": 4}
+    with pytest.raises(SampleError, match="schema_version 4.*upgrade"):
         Sample.from_wds(dict(raw, json=json.dumps(doc).encode()))

@@ -189,7 +189,7 @@ def _decode(data: bytes, tags: dict[int, tuple], order: str, max_bytes: int) -> 
     names = dict.fromkeys(range(samples), "")
     for match in _DESCRIPTION.finditer(tags.get(_GDAL_METADATA, ("",))[0]):
         if int(match[1]) in names:
-            names[int(match[1])] = unescape(match[2])
+            names[int(match[1])] = unescape(unescape(match[2]))  # GDAL escapes values twice
     bands = tuple(name or f"band{i + 1}" for i, name in names.items())
     return Decoded(np.ascontiguousarray(array), crs, transform, nodata, bands)
 

@@ -21,6 +21,11 @@ Schema versions (`schema_version`; absent means 1):
   "hrefs" lists only the assets the image's bands come from, each written after the entry's
   "href_base" (absolute href = href_base + hrefs[asset]). The member bytes are unchanged.
   Readers: `geoprep.reader.ImageInfo.hrefs` and `entry_hrefs` give absolute hrefs for both.
+- 3: the JSON as in 2; GeoTIFF members are laid out by geoprep
+  (`geoprep.shards.geotiff_encode`) instead of GDAL: other bytes (no GDAL citation GeoKeys,
+  numbers written shortest), the same tiling, deflate and predictor, and the same pixels, grid,
+  CRS, nodata, band names, scales, offsets and tags when GDAL, rasterio or the reader opens
+  them. Members GDAL must write (a rotated grid, a CRS without an EPSG code) are as in 2.
 
 The writer (`geoprep.shards.records`), the builders (`geoprep.building`), the reader
 (`geoprep.reader`) and the checker (`geoprep.inspect.check`) all take names from here.
@@ -35,8 +40,8 @@ from typing import Any, Literal
 import numpy as np
 
 #: The sample JSON's layout version, written as its "schema_version" (see above).
-SCHEMA_VERSION = 2
-SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+SCHEMA_VERSIONS = (1, 2, 3)
 JSON_MEMBER = "json"
 AUDIO_MEMBER = "audio.flac"
 MEL_MEMBER = "mel.npy"
