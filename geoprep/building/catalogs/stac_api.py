@@ -197,7 +197,7 @@ class StacApiCatalog(Catalog):
             tile_y=np.floor(points.geometry.y / self.tile_degrees),
             tile_x=np.floor(points.geometry.x / self.tile_degrees),
         )
-        groups = []
+        searches = []
         for _, tile in tiles.groupby(["tile_y", "tile_x"], sort=True):
             tile_windows = {loc: windows[loc] for loc in tile["id"].tolist()}
             # The whole tile is searched, not the box of this batch's points: the next batch
@@ -205,10 +205,8 @@ class StacApiCatalog(Catalog):
             row, col = tile["tile_y"].iloc[0], tile["tile_x"].iloc[0]
             size = self.tile_degrees
             bbox = [col * size, row * size, (col + 1) * size, (row + 1) * size]
-            spans = search_windows(tile_windows, span)
-            groups.append((tile, tile_windows, [(bbox, start, end) for start, end in spans]))
+            searches += [(bbox, start, end) for start, end in search_windows(tile_windows, span)]
         # The searches go out together (each waits on the network); results merge in order.
-        searches = [search for _, _, group in groups for search in group]
         text = json.dumps(server_filter, sort_keys=True)
         keys = [(collection, tuple(bbox), start, end, text) for bbox, start, end in searches]
         with self._kept_lock:
@@ -230,19 +228,17 @@ class StacApiCatalog(Catalog):
                     or sum(map(len, self._kept.values())) > self.kept_items
                 ):
                     del self._kept[next(iter(self._kept))]
-        pages = iter([known[k] for k in keys])
-        found: dict[str, list[pystac.Item]] = {}
-        for tile, tile_windows, group in groups:
-            items: dict[str, pystac.Item] = {}
-            for _ in group:
-                for item in next(pages):
-                    items.setdefault(item.id, item)
-            if not items:
-                continue
-            listed = list(items.values())
-            hits = match_footprints(tile, footprint_frame(listed), tile_windows, max_cloud_cover)
-            found.update(group_hits(hits, listed.__getitem__))
-        return found
+        # One footprint match for the whole batch (pandas costs milliseconds a call): an item
+        # over a point of one tile is in that tile's answer, so the union changes no match.
+        items: dict[str, pystac.Item] = {}
+        for key in keys:
+            for item in known[key]:
+                items.setdefault(item.id, item)
+        if not items:
+            return {}
+        listed = list(items.values())
+        hits = match_footprints(points, footprint_frame(listed), windows, max_cloud_cover)
+        return group_hits(hits, listed.__getitem__)
 
     def _search(
         self,
