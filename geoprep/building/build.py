@@ -360,11 +360,11 @@ def _find_candidates(recipe, catalogs, rows, slots) -> dict[str, dict[str, list]
     frame = pd.DataFrame([{"id": r["id"], "lat": r["lat"], "lon": r["lon"]} for r in rows])
     windows = {row["id"]: [slot.window for slot in slots[row["id"]]] for row in rows}
     # the same for every shard: a STAC API searches each tile once for the whole build
-    span = slots_envelope(recipe.imagery.time)
+    envelope = slots_envelope(recipe.imagery.time)
     found = {}
     for sensor, spec in recipe.imagery.sensors.items():
         found[sensor] = catalogs[spec.catalog].candidates_in_windows(
-            frame, spec.collection, windows, spec.max_cloud_cover, spec.filter, span
+            frame, spec.collection, windows, spec.max_cloud_cover, spec.filter, envelope
         )
     return found
 

@@ -223,17 +223,22 @@ def slots_span(slots: Iterable[Slot]) -> tuple[dt.datetime, dt.datetime]:
 
 def slots_envelope(
     time_spec: SingleTime | SeasonalTime | MultiYearTime | TimestampsTime,
-) -> tuple[dt.datetime, dt.datetime] | None:
-    """The (start, end) holding every window `slots_for` can give any location under
-    `time_spec`, whatever its random draws: one search of a tile over it serves every batch of
-    the build. None for timestamps: a location's dates are its own (or the same for all, whose
-    windows are then searched as they are)."""
+) -> list[tuple[dt.datetime, dt.datetime]] | None:
+    """The windows (oldest first, disjoint) that hold every window `slots_for` can give any
+    location under `time_spec`, whatever its random draws: searched once, they serve every
+    batch of the build. None for timestamps: a location's dates are its own (or the same for
+    all, whose windows are then searched as they are)."""
     if isinstance(time_spec, SingleTime):
-        slots = [_single_slot(time_spec)]
+        spans = [(time_spec.start, time_spec.end)]
     elif isinstance(time_spec, SeasonalTime):
-        oldest = time_spec.max_shift_days + (time_spec.n_dates - 1) * time_spec.spacing_days
-        targets = [time_spec.reference - dt.timedelta(days=oldest), time_spec.reference]
-        slots = [_around("", target, time_spec.window_days, "seasonal") for target in targets]
+        width = dt.timedelta(days=time_spec.window_days)
+        spans = []
+        for index in range(time_spec.n_dates):  # each date moves by the shift, no further
+            latest = time_spec.reference - dt.timedelta(
+                days=(time_spec.n_dates - 1 - index) * time_spec.spacing_days
+            )
+            earliest = latest - dt.timedelta(days=time_spec.max_shift_days)
+            spans.append((earliest - width, latest + width))
     elif isinstance(time_spec, MultiYearTime):
         low, high = time_spec.day_of_year
         days = {
@@ -241,16 +246,23 @@ def slots_envelope(
             for first in range(low, high + 1)
             for k in range(time_spec.dates_per_group)
         }
+        width = dt.timedelta(days=time_spec.window_days)
         years = {year for pair in year_pairs(time_spec) for year in pair}
-        targets = [
-            dt.date(year, 1, 1) + dt.timedelta(days=day)
-            for year in (min(years), max(years))
-            for day in (min(days), max(days))
+        spans = [
+            (target - width, target + width)
+            for year in years
+            for day in days
+            if (target := dt.date(year, 1, 1) + dt.timedelta(days=day))
         ]
-        slots = [_around("", target, time_spec.window_days, "multi-year") for target in targets]
     else:
         return None
-    return slots_span(slots)
+    merged: list[list[dt.date]] = []
+    for start, end in sorted(spans):  # whole days: touching ones join
+        if merged and start <= merged[-1][1] + _DAY:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [Slot("envelope", start, end, start).window for start, end in merged]
 
 
 def item_datetime(item: pystac.Item) -> dt.datetime | None:

@@ -703,12 +703,16 @@ def test_a_multi_date_build_opens_each_file_once(native_build, tmp_path, monkeyp
 
 def test_a_multi_date_build_searches_each_tile_once(native_build, tmp_path, monkeypatch):
     """The shards' locations have windows of their own (jittered dates), yet each tile is
-    searched once over the recipe's envelope for the whole build; searched per shard window,
-    as before, the shards come out the same byte for byte."""
+    searched once per window of the recipe's envelope for the whole build; searched per shard
+    window, as before, the shards come out the same byte for byte."""
     import geoprep.building.build as building
     from geoprep.building.catalogs import StacApiCatalog
+    from geoprep.building.scenes import slots_envelope
 
-    recipe, reference = native_build
+    recipe, _ = native_build
+    # a shard per location: each shard's own windows differ
+    output = recipe.output.model_copy(update={"samples_per_shard": 1})
+    recipe = recipe.model_copy(update={"output": output})
     searched: list[tuple] = []
     real_search = StacApiCatalog._search
 
@@ -717,15 +721,17 @@ def test_a_multi_date_build_searches_each_tile_once(native_build, tmp_path, monk
         return real_search(self, collection, bbox, start, end, server_filter)
 
     monkeypatch.setattr(StacApiCatalog, "_search", counting)
-    build(recipe, str(tmp_path / "span"), workers=1, io_threads=2)
-    assert_same_shards(tmp_path / "span", reference)
+    build(recipe, str(tmp_path / "envelope"), workers=1, io_threads=2)
     tiles = {bbox for bbox, _, _ in searched}
-    assert len(searched) == len(tiles) == 4  # Bavaria straddles 11° E; three shards
+    envelope = slots_envelope(recipe.imagery.time)
+    assert len(tiles) == 4 and len(envelope) == 4  # Bavaria straddles 11° E; spring, summer
+    assert sorted(searched) == sorted((tile, *window) for tile in tiles for window in envelope)
+    with_envelope = len(searched)
     searched.clear()
     monkeypatch.setattr(building, "slots_envelope", lambda time: None)
     build(recipe, str(tmp_path / "windows"), workers=1, io_threads=2)
-    assert_same_shards(tmp_path / "windows", reference)
-    assert len(searched) > 2 * len(tiles)  # each shard's merged windows, per tile
+    assert_same_shards(tmp_path / "windows", tmp_path / "envelope")
+    assert len(searched) > 2 * with_envelope  # each shard's windows, per tile
 
 
 @pytest.mark.parametrize(("reads", "threads"), [(10, 3), (7, 1), (2, 8), (0, 4), (33, 8)])

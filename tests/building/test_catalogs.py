@@ -407,28 +407,54 @@ def jittered_windows(points, shift_days: int) -> dict[str, list[tuple]]:
     }
 
 
-def test_a_span_searches_each_tile_once_for_every_batch(stac_api):
-    """Given the build's span, batches with other windows in the same tiles send no search, and
-    each location gets exactly the items of its own windows (as from searches of its windows)."""
-    span = (utc("2023-12-01"), utc("2024-07-31"))
+def test_an_envelope_searches_each_tile_once_for_every_batch(stac_api):
+    """Given the build's envelope, batches with other windows in the same tiles send no search,
+    and each location gets exactly the items of its own windows (as from searches of its
+    windows); an envelope window no batch touches is not searched."""
+    envelope = [(utc("2023-12-01"), utc("2024-07-31")), (utc("2025-01-01"), utc("2025-06-30"))]
     catalog = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
     bodies = search_bodies(catalog)
     points = locations()
     batches = [(points.iloc[[0, 1, 2]], 0), (points.iloc[[1, 2, 4]], 6), (points.iloc[[0]], -9)]
     for batch, shift in batches:
         windows = jittered_windows(batch, shift)
-        found = catalog.candidates_in_windows(batch, "sentinel-2-l2a", windows, 25.0, span=span)
+        found = catalog.candidates_in_windows(
+            batch, "sentinel-2-l2a", windows, 25.0, envelope=envelope
+        )
         fresh = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
         alone = fresh.candidates_in_windows(batch, "sentinel-2-l2a", windows, 25.0)
         assert ids_of(found) == ids_of(alone)
     assert ids_of(found) == {"p1": ["S2A_A_20240105", "S2A_A_20240315"]}  # not Feb's, June's
     assert len(bodies) == 3  # p1 | p2, p5 | p3: one search per tile for all three batches
     assert {body["datetime"] for body in bodies} == {"2023-12-01T00:00:00Z/2024-07-31T00:00:00Z"}
-    # a window reaching out of the span is searched too
+    # a window reaching out of the envelope is searched too
     late = {"p1": [(utc("2024-05-20"), utc("2024-08-10"))]}
-    found = catalog.candidates_in_windows(points.iloc[[0]], "sentinel-2-l2a", late, span=span)
+    found = catalog.candidates_in_windows(
+        points.iloc[[0]], "sentinel-2-l2a", late, envelope=envelope
+    )
     assert ids_of(found) == {"p1": ["S2B_A_20240601"]}
     assert len(bodies) == 4 and bodies[-1]["datetime"].startswith("2023-12-01T00:00:00Z/2024-08")
+
+
+def test_a_sparse_tile_searches_its_own_windows_and_reuses_longer_kept_answers(stac_api):
+    """Windows filling under a quarter of the envelope are searched as they are (a tile with a
+    few locations would otherwise page through years of scenes it does not need); a window
+    that a kept answer holds sends nothing."""
+    envelope = [(utc("2023-01-01"), utc("2024-12-31"))]
+    catalog = StacApiCatalog(CatalogSpec(kind="stac-api", url=stac_api))
+    bodies = search_bodies(catalog)
+    p1 = locations(POINTS[:1])
+    few = {"p1": [(utc("2024-03-01"), utc("2024-03-31")), (utc("2024-05-20"), utc("2024-06-10"))]}
+    found = catalog.candidates_in_windows(p1, "sentinel-2-l2a", few, envelope=envelope)
+    assert ids_of(found) == {"p1": ["S2A_A_20240315", "S2B_A_20240601"]}
+    assert sorted(body["datetime"][:10] for body in bodies) == ["2024-03-01", "2024-05-20"]
+    dense = {"p1": [(utc("2023-01-01"), utc("2023-09-30"))]}  # over a quarter: the envelope
+    catalog.candidates_in_windows(p1, "sentinel-2-l2a", dense, envelope=envelope)
+    assert bodies[-1]["datetime"] == "2023-01-01T00:00:00Z/2024-12-31T00:00:00Z"
+    sent = len(bodies)
+    inside = {"p1": [(utc("2024-01-02"), utc("2024-01-20"))]}  # held by the envelope's answer
+    found = catalog.candidates_in_windows(p1, "sentinel-2-l2a", inside, envelope=envelope)
+    assert ids_of(found) == {"p1": ["S2A_A_20240105"]} and len(bodies) == sent
 
 
 def test_a_batch_over_several_tiles_is_matched_once(stac_api, monkeypatch):

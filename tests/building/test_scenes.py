@@ -155,66 +155,46 @@ def test_random_modes_are_reproducible_per_seed_and_differ_between_seeds(time):
     assert len(draws) > 5
 
 
+DEMO_CACO = {"mode": "multi-year", "first_year": 2019, "last_year": 2022, "min_gap_years": 3}
+DEMO_CACO |= {"dates_per_group": 2, "spacing_days": 91, "window_days": 45, "day_of_year": [95, 115]}
+
+
 @pytest.mark.parametrize(
-    ("time", "first", "last"),
+    ("time", "windows"),
     [
-        # the demo CACo recipe: 2019 and 2022, first day 95-115, then 91 days on, +-45 days
+        # the demo CACo recipe: 2019 and 2022, first day 95-115 then 91 days on, +-45 days
+        (DEMO_CACO, [("2019-02-20", "2019-09-09"), ("2022-02-20", "2022-09-09")]),
+        # any day of the years 2017-2023 that a pair 4 years apart holds (2020 is in none)
         (
-            {
-                "mode": "multi-year",
-                "first_year": 2019,
-                "last_year": 2022,
-                "min_gap_years": 3,
-                "dates_per_group": 2,
-                "spacing_days": 91,
-                "window_days": 45,
-                "day_of_year": [95, 115],
-            },
-            "2019-02-20",
-            "2022-09-09",
-        ),
-        # dates that wrap around New Year reach both ends of the years
-        (
-            {
-                "mode": "multi-year",
-                "first_year": 2017,
-                "last_year": 2023,
-                "min_gap_years": 4,
-                "window_days": 15,
-            },
-            "2016-12-17",
-            "2024-01-15",
+            {"mode": "multi-year", "first_year": 2017, "last_year": 2023, "min_gap_years": 4},
+            [("2016-12-17", "2020-01-15"), ("2020-12-17", "2024-01-15")],
         ),
         (
-            {
-                "mode": "seasonal",
-                "reference": "2021-06-30",
-                "n_dates": 3,
-                "spacing_days": 30,
-                "window_days": 5,
-                "max_shift_days": 100,
-            },
-            "2021-01-16",
-            "2021-07-05",
+            {"mode": "seasonal", "reference": "2021-06-30", "n_dates": 3, "spacing_days": 30,
+             "window_days": 5, "max_shift_days": 100},
+            [("2021-01-16", "2021-07-05")],
+        ),
+        (  # no shift: each date keeps its own window
+            {"mode": "seasonal", "reference": "2021-06-30", "n_dates": 2, "spacing_days": 91,
+             "window_days": 10, "max_shift_days": 0},
+            [("2021-03-21", "2021-04-10"), ("2021-06-20", "2021-07-10")],
         ),
         (
             {"mode": "single", "start": "2020-01-01", "end": "2020-12-31"},
-            "2020-01-01",
-            "2020-12-31",
+            [("2020-01-01", "2020-12-31")],
         ),
     ],
-)
-def test_slots_envelope_holds_every_window_any_location_can_draw(time, first, last):
-    """One search over the envelope serves every location: it holds each slot of many draws,
-    and reaches no further than the time spec lets a slot reach."""
+)  # fmt: skip
+def test_slots_envelope_holds_every_window_any_location_can_draw(time, windows):
+    """Searches of the envelope serve every location: it holds each slot of many draws, and
+    reaches no further than the time spec lets a slot reach."""
     time = spec(**time)
-    start, end = slots_envelope(time)
-    assert (start.date(), end.date()) == (d(first), d(last))
-    assert end == Slot("x", d(last), d(last), d(last)).end_time  # whole days
-    reached = [slots_span(slots_for(time, rng(seed), ROW)) for seed in range(300)]
-    assert all(start <= low and high <= end for low, high in reached)
-    if time.mode == "single":
-        assert reached[0] == (start, end)
+    envelope = slots_envelope(time)
+    assert envelope == [Slot("x", d(start), d(end), d(start)).window for start, end in windows]
+    for seed in range(300):
+        for slot in slots_for(time, rng(seed), ROW):
+            low, high = slot.window
+            assert any(start <= low and high <= end for start, end in envelope)
 
 
 def test_timestamps_have_no_envelope():

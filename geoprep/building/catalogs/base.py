@@ -5,8 +5,9 @@ the items whose footprint contains the point and whose datetime lies in [start, 
 (datetime, id). A builder that knows several slots per location asks once per batch, either over
 the union range (`scenes.slots_span`) and filters per slot with `scenes.rank`, or with
 `candidates_in_windows`, which takes each location's own windows (a STAC API then searches only
-those windows tile by tile, or, given the build's span, each tile once over the span). Items keep
-their unsigned hrefs; call `sign` right before reading and never write or log what it returns.
+those windows tile by tile, or, given the build's envelope of windows, each tile once over it).
+Items keep their unsigned hrefs; call `sign` right before reading and never write or log what
+it returns.
 """
 
 from __future__ import annotations
@@ -186,13 +187,13 @@ class Catalog(ABC):
         windows: Mapping[str, Sequence[Window]],
         max_cloud_cover: float | None = None,
         extra_filter: Mapping[str, Any] | None = None,
-        span: Window | None = None,
+        envelope: Sequence[Window] | None = None,
     ) -> dict[str, list[pystac.Item]]:
         """Like `candidates`, with each location's own (start, end) windows, e.g. its slots
-        (`Slot.window`); a STAC API searches only these windows. `span`, when given, holds the
-        windows of every batch of the build (`scenes.slots_envelope`): a STAC API then searches
-        each tile once over it and keeps the answer for the later batches. The items found are
-        the same either way."""
+        (`Slot.window`); a STAC API searches only these windows. `envelope`, when given, holds
+        the windows of every batch of the build (`scenes.slots_envelope`): a STAC API then
+        searches a tile whose windows fill enough of it once over it, and keeps the answer for
+        the later batches. The items found are the same either way."""
         points = as_points(locations)
         ids = points["id"].tolist()
         missing = set(ids) - set(windows)
@@ -202,10 +203,10 @@ class Catalog(ABC):
             loc: [(utc_time(s), utc_time(e, end_of_day=True)) for s, e in windows[loc]]
             for loc in ids
         }
-        if span is not None:
-            span = (utc_time(span[0]), utc_time(span[1], end_of_day=True))
+        if envelope is not None:
+            envelope = [(utc_time(s), utc_time(e, end_of_day=True)) for s, e in envelope]
         found = self._find(
-            points, collection, windows, max_cloud_cover, _checked_filter(extra_filter), span
+            points, collection, windows, max_cloud_cover, _checked_filter(extra_filter), envelope
         )
         if extra_filter is not None and not self.filters_on_server:
             found = _apply_filter(found, extra_filter)
@@ -219,7 +220,7 @@ class Catalog(ABC):
         windows: dict[str, list[Window]],
         max_cloud_cover: float | None,
         extra_filter: dict[str, Any] | None,
-        span: Window | None,
+        envelope: list[Window] | None,
     ) -> dict[str, list[pystac.Item]]: ...
 
     def sign(self, item: pystac.Item, fresh: bool = False) -> pystac.Item:

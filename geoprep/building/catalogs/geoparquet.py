@@ -172,7 +172,7 @@ class GeoParquetCatalog(Catalog):
         windows: dict[str, list[Window]],
         max_cloud_cover: float | None,
         extra_filter: dict[str, Any] | None,
-        span: Window | None = None,  # a search hint; the table is read for the windows asked
+        envelope: list[Window] | None = None,  # a search hint; the table is read as asked
     ) -> dict[str, list[pystac.Item]]:
         spans = [span for spans in windows.values() for span in spans]
         if not spans:

@@ -56,17 +56,18 @@ KNOWN_CLOUD_COVER: dict[str, bool] = {
 class StacApiCatalog(Catalog):
     """A STAC API searched with pystac-client, one search per tile of nearby locations.
 
-    Locations are grouped on a `tile_degrees` grid; each tile is searched once over the build's
-    span when the caller gives one (a multi-date recipe's envelope of all its locations'
-    windows), else once per merged time window of the batch (paging with `limit` = page_size; up
-    to `concurrency` searches at once), and the items are assigned to points by footprint and
-    each location's own windows. The last `kept_searches` answers (at most `kept_items` items)
-    are kept: later batches of locations in the same tiles and windows (a build's next shards)
-    reuse them. The
-    eo:cloud_cover limit is sent as a CQL2-JSON filter only where the collection's items carry
-    it (`KNOWN_CLOUD_COVER`, else the collection's queryables); otherwise it is applied to the
-    returned items. Requests answered 429 or 5xx
-    are retried `retries` times with exponential backoff (`backoff_factor` seconds, doubling).
+    Locations are grouped on a `tile_degrees` grid. Each tile is searched once per window of
+    the build's envelope that its batch touches, when the caller gives one (a multi-date
+    recipe's windows of all its locations, `scenes.slots_envelope`) and the batch's windows
+    fill enough of it (`search_windows`); else once per merged time window of the batch. Pages
+    are `limit` = page_size items; up to `concurrency` searches go at once; the items of all
+    tiles are assigned to points by footprint and each location's own windows. The last
+    `kept_searches` answers (at most `kept_items` items) are kept: later batches of locations
+    in the same tiles (a build's next shards) reuse an answer whose time range holds theirs.
+    The eo:cloud_cover limit is sent as a CQL2-JSON filter only where the collection's items
+    carry it (`KNOWN_CLOUD_COVER`, else the collection's queryables); otherwise it is applied
+    to the returned items. Requests answered 429 or 5xx are retried `retries` times with
+    exponential backoff (`backoff_factor` seconds, doubling).
     """
 
     filters_on_server = True
@@ -184,7 +185,7 @@ class StacApiCatalog(Catalog):
         windows: dict[str, list[Window]],
         max_cloud_cover: float | None,
         extra_filter: dict[str, Any] | None,
-        span: Window | None,
+        envelope: list[Window] | None,
     ) -> dict[str, list[pystac.Item]]:
         self._collection(collection)
         clauses = [] if extra_filter is None else [extra_filter]
@@ -205,12 +206,14 @@ class StacApiCatalog(Catalog):
             row, col = tile["tile_y"].iloc[0], tile["tile_x"].iloc[0]
             size = self.tile_degrees
             bbox = [col * size, row * size, (col + 1) * size, (row + 1) * size]
-            searches += [(bbox, start, end) for start, end in search_windows(tile_windows, span)]
+            searches += [
+                (bbox, start, end) for start, end in search_windows(tile_windows, envelope)
+            ]
         # The searches go out together (each waits on the network); results merge in order.
         text = json.dumps(server_filter, sort_keys=True)
         keys = [(collection, tuple(bbox), start, end, text) for bbox, start, end in searches]
         with self._kept_lock:
-            known = {k: self._kept[k] for k in keys if k in self._kept}
+            known = {k: found for k in keys if (found := self._kept_answer(k)) is not None}
         missing = [k for k in dict.fromkeys(keys) if k not in known]
         if missing:
             with ThreadPoolExecutor(max(1, min(self.concurrency, len(missing)))) as pool:
@@ -240,6 +243,18 @@ class StacApiCatalog(Catalog):
         hits = match_footprints(points, footprint_frame(listed), windows, max_cloud_cover)
         return group_hits(hits, listed.__getitem__)
 
+    def _kept_answer(self, key: tuple) -> list[pystac.Item] | None:
+        """A kept answer for `key` (collection, bbox, start, end, filter): its own, or that of
+        a search of the same tile over a longer time (its items are a superset, and each
+        location takes only its own windows' items). The kept lock is held."""
+        if key in self._kept:
+            return self._kept[key]
+        collection, bbox, start, end, text = key
+        for (c, b, kept_start, kept_end, t), items in self._kept.items():
+            if (c, b, t) == (collection, bbox, text) and kept_start <= start and end <= kept_end:
+                return items
+        return None
+
     def _search(
         self,
         collection: str,
@@ -267,12 +282,29 @@ class StacApiCatalog(Catalog):
         return items
 
 
-def search_windows(windows: dict[str, list[Window]], span: Window | None) -> list[Window]:
-    """The time windows to search a tile in for these locations' windows: the build's `span`
-    (the same for every batch, so later batches find the answer kept), plus any window that
-    reaches outside it; without a span, the merged windows."""
+#: A tile is searched over the build's envelope once its batch's windows fill this share of the
+#: envelope windows they touch: the answer then holds at most 4 times the items the batch needs,
+#: and serves every later batch of the tile. Sparser tiles (a few locations, as in a global
+#: plan) search their own windows, which later batches reuse where a kept answer holds them.
+ENVELOPE_MIN_COVER = 0.25
+
+
+def _overlap(window: Window, other: Window) -> dt.timedelta:
+    return max(min(window[1], other[1]) - max(window[0], other[0]), dt.timedelta(0))
+
+
+def search_windows(windows: dict[str, list[Window]], envelope: list[Window] | None) -> list[Window]:
+    """The time windows to search a tile in for these locations' windows: the windows of the
+    build's `envelope` they touch (the same for every batch, so later batches find the answers
+    kept) plus any window outside the envelope, where the locations' windows fill
+    `ENVELOPE_MIN_COVER` of those; else the merged windows themselves."""
     merged = merge_windows(w for spans in windows.values() for w in spans)
-    if span is None or not merged:
+    if not envelope or not merged:
         return merged
-    outside = [(start, end) for start, end in merged if start < span[0] or end > span[1]]
-    return merge_windows([span, *outside])
+    touched = [e for e in envelope if any(_overlap(e, w) for w in merged)]
+    covered = sum((_overlap(e, w) for e in touched for w in merged), dt.timedelta(0))
+    length = sum((end - start for start, end in touched), dt.timedelta(0))
+    if not touched or covered < ENVELOPE_MIN_COVER * length:
+        return merged
+    outside = [w for w in merged if not any(e[0] <= w[0] and w[1] <= e[1] for e in touched)]
+    return merge_windows([*touched, *outside])

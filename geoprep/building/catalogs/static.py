@@ -57,7 +57,7 @@ class StaticCatalog(Catalog):
         windows: dict[str, list[Window]],
         max_cloud_cover: float | None,
         extra_filter: dict[str, Any] | None,
-        span: Window | None = None,  # a search hint; the catalog is read whole, once
+        envelope: list[Window] | None = None,  # a search hint; the catalog is read once
     ) -> dict[str, list[pystac.Item]]:
         items, footprints = self._load(collection)
         if not items:
