@@ -10,8 +10,10 @@ the dataset tags in GDAL_METADATA, as GDAL writes them. GDAL and rasterio read t
 same grid, CRS, nodata, band descriptions, scales, offsets and tags
 (`tests/shards/test_geotiff_encode.py`).
 
-Anything else (a rotated grid, a CRS without an EPSG code) is `Unencodable`, and the caller
-writes the member through GDAL.
+Anything else (a rotated grid, a CRS without an EPSG code, half floats) is `Unencodable`, and
+the caller writes the member through GDAL. The bytes are the same for the same record wherever
+it is written; across installations they depend on imagecodecs' libdeflate, as GDAL's did on
+its own deflate.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def encode_geotiff(
     a, b, c, d, e, f = (float(v) for v in transform[:6])
     if b or d or a <= 0 or e >= 0 or not all(map(math.isfinite, (a, c, e, f))):
         raise Unencodable("not a north-up grid")
-    if array.ndim != 3 or array.dtype.kind not in _SAMPLE_FORMATS or array.dtype.itemsize > 8:
+    kind, size = array.dtype.kind, array.dtype.itemsize
+    if array.ndim != 3 or kind not in _SAMPLE_FORMATS or (kind == "f" and size < 4):
         raise Unencodable(f"array {array.dtype} {array.shape}")
     model, crs_key, code = _crs_keys(crs)
     count, height, width = array.shape

@@ -26,7 +26,8 @@ def record(dtype, size, bands=3, nodata=0, crs="EPSG:32632", transform=UTM, heig
         array[:, 0, :3] = np.nan
     else:
         info = np.iinfo(dtype)
-        array = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        low, high = max(info.min, -(2**62)), min(info.max, 2**62)
+        array = rng.integers(low, high, shape, endpoint=True).astype(dtype)
     grid = {"crs": crs, "transform": transform, "width": size, "height": height or size}
     provenance = {"collection": "sentinel-2-l2a", "item_id": 'S2A_<&>"x', **prov}
     names = [f"B{i:02d}" if i else 'a "<b>" & c' for i in range(bands)]
@@ -65,6 +66,8 @@ CASES = [
     ("int32", 40, 2, -1, "EPSG:32632", UTM, {}),
     ("uint32", 17, 1, None, "EPSG:32632", UTM, {}),
     ("bool", 20, 1, None, "EPSG:32632", UTM, {}),
+    ("int8", 24, 2, -128, "EPSG:32632", UTM, {}),
+    ("uint64", 20, 1, None, "EPSG:32632", UTM, {}),
 ]
 
 
