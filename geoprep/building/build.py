@@ -359,7 +359,7 @@ def _find_candidates(recipe, catalogs, rows, slots) -> dict[str, dict[str, list]
     """Per sensor, the items over each location in any of its slots: one catalog call per sensor."""
     frame = pd.DataFrame([{"id": r["id"], "lat": r["lat"], "lon": r["lon"]} for r in rows])
     windows = {row["id"]: [slot.window for slot in slots[row["id"]]] for row in rows}
-    # the same for every shard: a STAC API searches each tile once for the whole build
+    # the same for every shard: a STAC API searches each tile once per window of it
     envelope = slots_envelope(recipe.imagery.time)
     found = {}
     for sensor, spec in recipe.imagery.sensors.items():

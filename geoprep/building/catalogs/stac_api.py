@@ -82,7 +82,7 @@ class StacApiCatalog(Catalog):
         pages: RetryPolicy = DEFAULT_RETRY,
         concurrency: int = 8,
         kept_searches: int = 256,
-        kept_items: int = 20_000,
+        kept_items: int = 5_000,
     ) -> None:
         super().__init__(spec)
         if tile_degrees <= 0:
@@ -97,7 +97,8 @@ class StacApiCatalog(Catalog):
         self.pages = pages
         self.concurrency = concurrency  # searches under way at once
         self.kept_searches = kept_searches
-        self.kept_items = kept_items  # an item holds about 20-40 kB: this bounds the memory
+        # a Planetary Computer Sentinel-2 item holds about 45 kB: 5,000 are about 220 MB
+        self.kept_items = kept_items
         self._kept: dict[tuple, list[pystac.Item]] = {}  # answers, for the next batches
         self._kept_lock = threading.Lock()
 
