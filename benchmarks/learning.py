@@ -10,7 +10,7 @@ of a band subset). Training throughput (samples/s) and wall time are printed.
 CACo also gets `change_auc` (`geossl eval --change-truth`): its locations ranked by the embedding
 distance between their year groups against the demo world's 2019→2022 land-cover change, for
 the trained encoder, random init and plain MoCo-v2 (the same config with `long_term: never`,
-trained into DIR/runs/caco-moco, encoder `moco`).
+trained into DIR/runs/benchmark/caco-moco, encoder `moco`).
 """
 
 from __future__ import annotations
@@ -98,7 +98,11 @@ def train_method(
     if steps:
         overrides.append(f"trainer.steps={steps}")
     config = load_config(TRAIN_RECIPES / f"{name}.yaml", overrides)
-    run = out / "runs" / (run_name or name)
+    run = out / "runs" / "benchmark" / (run_name or name)
+    saved = run / "config.yaml"
+    if saved.exists() and load_config(saved).digest() != config.digest():
+        print(f"{run}: trained with another config; starting again", flush=True)
+        shutil.rmtree(run)
     done = checkpoints(run)
     start = int(done[-1].name[4:12]) if done else 0
     started = time.perf_counter()
@@ -143,7 +147,7 @@ def change_rows_of(name: str, out: Path, run: Path) -> tuple[list[Any], dict[str
     spec = BENCHMARKS[name]
     config, trained, _ = load_run(run)
     encoders = {"trained": trained, "random": random_twin(trained, config.seed)}
-    encoders["moco"] = load_run(out / "runs" / f"{name}-moco")[1]
+    encoders["moco"] = load_run(out / "runs" / "benchmark" / f"{name}-moco")[1]
     sensor = getattr(config.method, "sensor", "s2")
     return change_auc(encoders, str(out / spec.pretrain), out / spec.change_truth, sensor)
 
