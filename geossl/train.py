@@ -358,12 +358,17 @@ def train(config: TrainConfig, run: Path) -> Path | None:
     module = PretrainModule(method, config)
     found = checkpoints(run)
     resume = str(found[-1]) if found else None
+    complete = bool(found) and int(_CKPT.match(found[-1].name)[1]) >= config.trainer.steps
     if resume:
         log.info("resuming from %s", resume)
         if env_rank() == 0:
-            print(f"resuming from {resume}", file=sys.stderr, flush=True)
+            done = "already trained to the end; writing the backbone" if complete else ""
+            print(f"resuming from {resume} {done}".rstrip(), file=sys.stderr, flush=True)
     trainer = trainer_for(config, run)
-    trainer.fit(module, ckpt_path=resume, weights_only=True)  # never unpickle
+    with warnings.catch_warnings():
+        if complete:  # no batch is left to draw, which Lightning warns about as if a mistake
+            warnings.filterwarnings("ignore", message="Total length of .* across ranks is zero")
+        trainer.fit(module, ckpt_path=resume, weights_only=True)  # never unpickle
     if trainer.is_global_zero:
         return write_backbone(run, method, config, trainer.global_step)
     return None

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,24 @@ def test_rerun_with_another_config_is_refused(
     assert main(["train", str(config), "-o", str(tmp_path / "run")]) == 0
     assert main(["train", str(config), "-o", str(tmp_path / "run"), "--set", "seed=9"]) == 2
     assert "differs in seed" in capsys.readouterr().err
+
+
+def test_rerun_of_a_finished_run_only_rewrites_the_backbone(
+    tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = run_config(tmp_path, tiny_dataset, trainer={"steps": 2, "checkpoint_every": 2})
+    run = tmp_path / "run"
+    assert main(["train", str(config), "-o", str(run)]) == 0
+    first = torch.load(run / "backbone.pt", weights_only=True)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", str(config), "-o", str(run)]) == 0
+    assert "already trained to the end" in capsys.readouterr().err
+    assert not [w for w in caught if "across ranks is zero" in str(w.message)]
+    assert [p.name for p in checkpoints(run)] == ["step00000002.ckpt"]
+    again = torch.load(run / "backbone.pt", weights_only=True)
+    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_torchrun_two_ranks_killed_and_resumed(
