@@ -2,7 +2,8 @@
 
 `python -m benchmarks.learning [--methods csf] [--json FILE] [--demo-out DIR]` builds the demo
 datasets with `geoprep demo DIR` unless DIR already holds them, trains each method with its demo
-config (recipes/train/demo/<method>.yaml) into DIR/runs/<method>, evaluates the trained and a
+config (recipes/train/demo/<method>.yaml) into DIR/runs/benchmark/<method> (a finished run of the
+same config is reused, one of another config started again), evaluates the trained and a
 randomly initialised encoder of the same architecture on the method's labelled set, prints the
 table and writes the rows of `geossl eval --json` with a "method" field (and "bands" for rows
 of a band subset). Training throughput (samples/s) and wall time are printed.
@@ -178,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             train_method(name, out, args.steps, BENCHMARKS[name].baseline, f"{name}-moco")
         rate = steps * batch / seconds if steps else 0.0
         found, text = evaluate_method(name, out, run)
-        print(f"\n== {name}: {steps} steps × {batch} in {seconds:.0f} s ({rate:.1f} samples/s)")
+        if steps:
+            print(f"\n== {name}: {steps} steps × {batch} in {seconds:.0f} s ({rate:.1f} samples/s)")
+        else:
+            print(f"\n== {name}: the finished run in {run} (same config) reused")
         print(text)
         rows += found
     if args.json:
