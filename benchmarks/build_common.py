@@ -120,22 +120,26 @@ class Served:
 
 
 @contextmanager
-def served(world: Path, delay: float = 0.0) -> Iterator[Served]:
-    """Serve the world from another process, behind relays that count the STAC API's and the
-    blob store's requests and add `delay` seconds to each."""
+def server_process(
+    world: Path, target: Any, args: tuple[Any, ...], timeout: float = 180
+) -> Iterator[tuple[dict[str, Any], psutil.Process, Any]]:
+    """Run `target(*args, connection)` in a spawned process until it sends what clients need;
+    yield (that, the process, the connection), then tell it to stop (terminated if it won't)."""
     context = multiprocessing.get_context("spawn")
     here, there = context.Pipe()
-    process = context.Process(target=_serve, args=(str(world), delay, there))
+    process = context.Process(target=target, args=(*args, there))
     process.start()
     there.close()
     try:
-        if not here.poll(180):
-            raise SourceError(f"the demo world servers for {world} did not start within 180 s")
+        if not here.poll(timeout):
+            raise SourceError(
+                f"the demo world servers for {world} did not start within {timeout:.0f} s"
+            )
         try:
             info = here.recv()
         except EOFError:
             raise SourceError(f"the demo world servers for {world} failed to start") from None
-        yield Served(info, psutil.Process(process.pid), here)
+        yield info, psutil.Process(process.pid), here
     finally:
         try:
             here.send("stop")
@@ -145,6 +149,14 @@ def served(world: Path, delay: float = 0.0) -> Iterator[Served]:
         if process.is_alive():
             process.terminate()
             process.join(5)
+
+
+@contextmanager
+def served(world: Path, delay: float = 0.0) -> Iterator[Served]:
+    """Serve the world from another process, behind relays that count the STAC API's and the
+    blob store's requests and add `delay` seconds to each."""
+    with server_process(world, _serve, (str(world), delay)) as (info, process, connection):
+        yield Served(info, process, connection)
 
 
 # ------------------------------------------------------------------------------ builds

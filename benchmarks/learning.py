@@ -92,7 +92,7 @@ def train_method(
 ) -> tuple[Path, float, int, int]:
     """Train the method's demo config on DIR/<pretrain>; (run, seconds, steps, batch size)."""
     from geossl.config import load_config
-    from geossl.train import checkpoints, train
+    from geossl.train import train, trained_steps
 
     spec = BENCHMARKS[name]
     overrides = [f"data.source={out / spec.pretrain}", *extra]
@@ -104,8 +104,7 @@ def train_method(
     if saved.exists() and load_config(saved).digest() != config.digest():
         print(f"{run}: trained with another config; starting again", flush=True)
         shutil.rmtree(run)
-    done = checkpoints(run)
-    start = int(done[-1].name[4:12]) if done else 0
+    start = trained_steps(run)
     started = time.perf_counter()
     train(config, run)
     seconds = time.perf_counter() - started

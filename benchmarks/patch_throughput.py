@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import planetary_computer
-import psutil
 import rasterio
 import rasterio.env
 from pyproj import Transformer
@@ -33,6 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.build_common import server_process
 from benchmarks.patch_readers import (
     SENSORS,
     Href,
@@ -45,7 +44,7 @@ from benchmarks.patch_readers import (
 from geoprep.building.catalogs import Catalog, open_catalog
 from geoprep.building.grid import TargetGrid
 from geoprep.building.raster import gdal_env
-from geoprep.core.errors import SourceError, UserError
+from geoprep.core.errors import UserError
 from geoprep.recipe.sections import CatalogSpec
 
 console = Console(stderr=True)
@@ -75,30 +74,9 @@ def _serve(world: str, connection: Any) -> None:
 @contextmanager
 def served(world: Path) -> Iterator[dict[str, Any]]:
     """Serve the world from another process, so the servers do not compete for this one's GIL."""
-    context = multiprocessing.get_context("spawn")
-    here, there = context.Pipe()
-    process = context.Process(target=_serve, args=(str(world), there))
-    process.start()
-    there.close()
-    try:
-        if not here.poll(120):
-            raise SourceError(f"the demo world servers for {world} did not start within 120 s")
-        try:
-            info = here.recv()
-        except EOFError:
-            raise SourceError(f"the demo world servers for {world} failed to start") from None
+    with server_process(world, _serve, (str(world),), timeout=120) as (info, server, _):
         # The servers' CPU seconds (all their threads), to report what each method costs them.
-        server = psutil.Process(process.pid)
         yield {**info, "server_cpu_s": lambda: sum(server.cpu_times()[:2])}
-    finally:
-        try:
-            here.send("stop")
-        except OSError:
-            pass
-        process.join(30)
-        if process.is_alive():
-            process.terminate()
-            process.join(5)
 
 
 def pick_locations(world: Path, n: int, extent_m: float, seed: int) -> pd.DataFrame:

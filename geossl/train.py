@@ -74,7 +74,18 @@ def checkpoints(run: Path) -> list[Path]:
     """The run's checkpoints, oldest first."""
     folder = run / "checkpoints"
     found = [p for p in folder.glob("step*.ckpt") if _CKPT.match(p.name)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(_CKPT.match(p.name)[1]))
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was taken at, from its name (stepNNNNNNNN.ckpt)."""
+    return int(_CKPT.match(path.name)[1])
+
+
+def trained_steps(run: Path) -> int:
+    """Steps the run's last checkpoint holds (0 without one)."""
+    found = checkpoints(run)
+    return checkpoint_step(found[-1]) if found else 0
 
 
 def prepare_run(config: TrainConfig, run: Path) -> Normalization:
@@ -358,7 +369,7 @@ def train(config: TrainConfig, run: Path) -> Path | None:
     module = PretrainModule(method, config)
     found = checkpoints(run)
     resume = str(found[-1]) if found else None
-    complete = bool(found) and int(_CKPT.match(found[-1].name)[1]) >= config.trainer.steps
+    complete = bool(found) and checkpoint_step(found[-1]) >= config.trainer.steps
     if resume:
         log.info("resuming from %s", resume)
         if env_rank() == 0:
